@@ -1,0 +1,98 @@
+"""What the command-line entry points share: logger, hyperparameters, summary, error handling."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard.summary import hparams
+
+from normlab.errors import UserError
+from normlab.runs import discard_if_unused
+
+# Metrics the HParams tab shows for every run; callbacks add theirs via `hparam_metrics`.
+HPARAM_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss", "train/loss")
+
+
+def as_plain(node: Any) -> Any:
+    """A resolved plain-Python copy of a config node (enums as strings), fit for checkpoints."""
+    if node is None:
+        return None
+    return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+
+
+def build_logger(cfg: DictConfig) -> Any:
+    node = cfg.get("logger")
+    return instantiate(node) if node and node.get("_target_") else False
+
+
+def flat_hparams(cfg: DictConfig) -> dict[str, Any]:
+    """Every leaf of the run's config as ``a.b.c: value`` plus the chosen option of each group."""
+    plain = as_plain(cfg)
+    for key in ("logger", "callbacks", "hydra"):
+        plain.pop(key, None)
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+        else:
+            out[prefix] = node if isinstance(node, int | float | str | bool) else str(node)
+
+    walk(plain, "")
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+        out.update({g: str(c) for g, c in choices.items() if not g.startswith("hydra") and c is not None})
+    return out
+
+
+@rank_zero_only
+def log_hparams(trainer: L.Trainer, cfg: DictConfig) -> None:
+    """Write the run's hyperparameters to TensorBoard's HParams tab, tied to real metric tags.
+
+    No placeholder value is logged: the tab reads each metric from the scalars the run writes.
+    """
+    logger = trainer.logger
+    if not isinstance(logger, TensorBoardLogger):
+        return
+    metrics = list(HPARAM_METRICS)
+    for callback in trainer.callbacks:
+        metrics += [m for m in getattr(callback, "hparam_metrics", ()) if m not in metrics]
+    writer = logger.experiment._get_file_writer()
+    for summary in hparams(flat_hparams(cfg), dict.fromkeys(metrics, 0.0)):
+        writer.add_summary(summary)
+
+
+@rank_zero_only
+def print_summary(trainer: L.Trainer, metrics: dict[str, float], run_dir: Path, seconds: float) -> None:
+    shown = {k: v for k, v in sorted(metrics.items()) if k.count("/") == 1 and not k.endswith("_step")}
+    lines = [f"normlab: finished {trainer.global_step} steps in {seconds:.1f} s"]
+    lines += [f"  {k:<14} {v:.4f}" for k, v in shown.items()]
+    lines += [f"  run directory  {run_dir.resolve()}", f"  tensorboard    tensorboard --logdir {run_dir.resolve()}"]
+    print("\n".join(lines), flush=True)
+
+
+def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run ``task``; a mistake the user can fix ends in one line on stderr and exit status 2.
+
+    A run directory that holds only what Hydra wrote before the failure is removed, so a bad
+    command leaves nothing half written.
+    """
+    try:
+        return task(cfg)
+    except (UserError, InstantiationException) as e:
+        if HydraConfig.initialized():
+            discard_if_unused(Path(HydraConfig.get().runtime.output_dir))
+        message = " ".join(str(e).split())
+        print(f"normlab: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(2)

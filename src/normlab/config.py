@@ -1,0 +1,245 @@
+"""Config schemas: dataclasses registered in Hydra's ConfigStore that type-check the YAML.
+
+Each YAML file in ``conf/model``, ``conf/data``, ``conf/optimizer`` and ``conf/trainer`` lists its
+schema first in its defaults list, so unknown keys, wrong types and unknown enum values (an
+activation, a norm) fail while Hydra composes, naming the full key. Range limits cannot be typed,
+so fields carry them as metadata (``positive()``, ``at_least(1)``) and ``validate`` checks them
+all before anything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from normlab.data.preprocess import Preprocess
+from normlab.errors import ConfigError
+from normlab.models.layers import Activation, BNPosition, Init, Norm
+
+
+def positive(default: Any = MISSING) -> Any:
+    return field(default=default, metadata={"gt": 0})
+
+
+def at_least(low: float, default: Any = MISSING) -> Any:
+    return field(default=default, metadata={"ge": low})
+
+
+def between(low: float, high: float, default: Any = MISSING) -> Any:
+    """A value in [low, high)."""
+    return field(default=default, metadata={"ge": low, "lt": high})
+
+
+def each_at_least(low: float, default: Any = None) -> Any:
+    return field(default=default, metadata={"each_ge": low})
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class BatchNormSchema:
+    eps: float = positive(1e-5)
+    momentum: float | None = field(default=0.1, metadata={"ge": 0, "le": 1})  # None: cumulative average
+    affine: bool = True
+    gamma_init: float = 1.0
+    beta_init: float = 0.0
+
+
+@dataclass
+class _NetSchema:
+    input_shape: list[int] = MISSING
+    num_classes: int = at_least(1)
+    activation: Activation = Activation.relu
+    norm: Norm = Norm.none
+    bn_position: BNPosition = BNPosition.pre
+    bn: BatchNormSchema = field(default_factory=BatchNormSchema)
+    init: Init = Init.default
+    init_std: float = positive(0.01)
+
+
+@dataclass
+class MLPSchema(_NetSchema):
+    _target_: str = "normlab.models.MLP"
+    depth: int = at_least(1, 3)
+    width: int = at_least(1, 100)
+    hidden: list[int] | None = each_at_least(1)  # per-layer widths; overrides depth and width
+    norm_layers: list[int] | None = each_at_least(1)  # 1-based hidden layers with BN; None: all
+
+
+@dataclass
+class CNNSchema(_NetSchema):
+    _target_: str = "normlab.models.CNN"
+    channels: list[int] = field(default_factory=lambda: [16, 32], metadata={"each_ge": 1})
+    head_width: int = at_least(1, 64)
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class _DataSchema:
+    batch_size: int = at_least(1, 64)
+    eval_batch_size: int | None = at_least(1, None)
+    preprocess: Preprocess = Preprocess.none
+    seed: int = 0
+    input_shape: list[int] = MISSING  # shape of one example, checked against the data
+    num_classes: int = at_least(1)
+
+
+@dataclass
+class DigitsSchema(_DataSchema):
+    _target_: str = "normlab.data.DigitsDataModule"
+    val_fraction: float = between(0, 1, 0.15)
+    test_fraction: float = between(0, 1, 0.2)
+    split_seed: int = 0
+
+
+@dataclass
+class SyntheticSchema(_DataSchema):
+    _target_: str = "normlab.data.SyntheticDataModule"
+    num_samples: int = at_least(10, 4000)
+    num_features: int = at_least(1, 8)
+    scale_disparity: float = at_least(0, 4.0)
+    noise: float = at_least(0, 0.1)
+    data_seed: int = 0
+    val_fraction: float = between(0, 1, 0.15)
+    test_fraction: float = between(0, 1, 0.2)
+
+
+@dataclass
+class MNISTSchema(_DataSchema):
+    _target_: str = "normlab.data.MNISTDataModule"
+    data_dir: str = "data/mnist"
+    download: bool = True
+    val_size: int = at_least(1, 5000)
+
+
+# ----------------------------------------------------------------------------- optimizers
+@dataclass
+class SGDSchema:
+    _target_: str = "torch.optim.SGD"
+    _partial_: bool = True
+    lr: float = positive(0.1)
+    momentum: float = between(0, 1, 0.0)
+    dampening: float = 0.0
+    weight_decay: float = at_least(0, 0.0)
+    nesterov: bool = False
+
+
+@dataclass
+class AdamSchema:
+    _target_: str = "torch.optim.Adam"
+    _partial_: bool = True
+    lr: float = positive(1e-3)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = positive(1e-8)
+    weight_decay: float = at_least(0, 0.0)
+
+
+# ----------------------------------------------------------------------------- trainer
+@dataclass
+class TrainerSchema:
+    """The ``lightning.pytorch.Trainer`` arguments that a config may set (logger and callbacks
+    are built from their own groups)."""
+
+    _target_: str = "lightning.pytorch.Trainer"
+    accelerator: str = "auto"
+    strategy: Any = "auto"
+    devices: Any = "auto"
+    num_nodes: int = at_least(1, 1)
+    precision: Any = None
+    max_steps: int = at_least(-1, -1)
+    min_steps: int | None = None
+    max_epochs: int | None = None
+    min_epochs: int | None = None
+    max_time: Any = None
+    fast_dev_run: Any = False
+    overfit_batches: Any = 0.0
+    limit_train_batches: Any = None
+    limit_val_batches: Any = None
+    limit_test_batches: Any = None
+    val_check_interval: Any = None
+    check_val_every_n_epoch: int | None = 1
+    num_sanity_val_steps: int | None = None
+    log_every_n_steps: int = at_least(1, 50)
+    accumulate_grad_batches: int = at_least(1, 1)
+    gradient_clip_val: float | None = None
+    gradient_clip_algorithm: str | None = None
+    deterministic: Any = None
+    benchmark: bool | None = None
+    inference_mode: bool = True
+    use_distributed_sampler: bool = True
+    profiler: Any = None
+    detect_anomaly: bool = False
+    sync_batchnorm: bool = False
+    enable_checkpointing: bool | None = None
+    enable_progress_bar: bool | None = None
+    enable_model_summary: bool | None = None
+    reload_dataloaders_every_n_epochs: int = 0
+    default_root_dir: str | None = None
+
+
+SCHEMAS = {
+    "model": {"mlp_schema": MLPSchema, "cnn_schema": CNNSchema},
+    "data": {"digits_schema": DigitsSchema, "synthetic_schema": SyntheticSchema, "mnist_schema": MNISTSchema},
+    "optimizer": {"sgd_schema": SGDSchema, "adam_schema": AdamSchema},
+    "trainer": {"trainer_schema": TrainerSchema},
+}
+
+
+def register_schemas() -> None:
+    """Put every schema in Hydra's ConfigStore, under the group of the YAML files that use it."""
+    store = ConfigStore.instance()
+    for group, schemas in SCHEMAS.items():
+        for name, schema in schemas.items():
+            store.store(group=group, name=name, node=schema)
+
+
+# ----------------------------------------------------------------------------- range checks
+_LIMITS = {
+    "gt": (lambda v, b: v > b, "> {}"),
+    "ge": (lambda v, b: v >= b, ">= {}"),
+    "lt": (lambda v, b: v < b, "< {}"),
+    "le": (lambda v, b: v <= b, "<= {}"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the range limits of every schema-typed node in ``cfg``; raise ``ConfigError``."""
+    problems = list(_problems(cfg, ""))
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def _problems(node: Any, prefix: str):
+    if isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            yield from _problems(item, f"{prefix}[{i}]")
+        return
+    if not isinstance(node, DictConfig):
+        return
+    schema = OmegaConf.get_type(node)
+    limits = {f.name: f.metadata for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
+    for key in node:
+        full = f"{prefix}.{key}" if prefix else str(key)
+        value = node[key] if not OmegaConf.is_missing(node, key) else None
+        yield from _check(full, value, limits.get(key, {}))
+        yield from _problems(value, full)
+
+
+def _check(key: str, value: Any, limits: dict) -> list[str]:
+    if value is None or not limits:
+        return []
+    out = []
+    for name, bound in limits.items():
+        if name == "each_ge":
+            bad = [v for v in value if v < bound]
+            if bad:
+                out.append(f"{key}={list(value)} is out of range: every entry must be >= {bound}")
+            continue
+        ok, text = _LIMITS[name]
+        if isinstance(value, float) and math.isnan(value) or not ok(value, bound):
+            out.append(f"{key}={value} is out of range: must be {text.format(bound)}")
+    return out

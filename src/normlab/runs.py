@@ -1,0 +1,73 @@
+"""Run directories: where configs live, how runs are named, and how checkpoints are found."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from normlab.errors import ConfigError
+
+# One token per process: every name this process resolves agrees, two processes started in the
+# same second (or on two cluster nodes with the same pid) never collide.
+RUN_TOKEN = f"{os.getpid():x}{secrets.token_hex(2)}"
+_MAX_NAME = 120
+
+
+def config_dir() -> str:
+    """The YAML configs: ``normlab/conf`` in an installed wheel, the repository's ``conf/`` in a checkout."""
+    packaged = Path(__file__).with_name("conf")
+    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
+
+
+def safe_name(text: str) -> str:
+    """A path component: no separators, bounded length."""
+    text = text.replace(os.sep, "_").strip(".") or "run"
+    return text if len(text) <= _MAX_NAME else text[: _MAX_NAME - 9] + "~" + secrets.token_hex(4)
+
+
+def run_label(model: str, data: str, overrides: str = "") -> str:
+    """``bn_mlp-digits`` followed by the command-line overrides other than model and data."""
+    rest = [o for o in overrides.split(",") if o and not o.startswith(("model=", "data="))]
+    return safe_name(",".join([f"{model}-{data}", *rest]))
+
+
+def job_subdir(num: int, overrides: str) -> str:
+    """A sweep job's directory: its overrides, after a job number that keeps repeats apart."""
+    return safe_name(f"{int(num):03d}_{overrides or 'defaults'}")
+
+
+def register_resolvers() -> None:
+    resolvers = {"run_label": run_label, "job_subdir": job_subdir, "run_token": lambda: RUN_TOKEN}
+    for name, fn in resolvers.items():
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)
+
+
+def find_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """Resolve ``ckpt_path``: ``None``, ``last`` (the newest checkpoint under ``run_dir``) or a file."""
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        found = sorted(run_dir.glob("checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError(
+                f"ckpt_path=last: no checkpoint in {run_dir / 'checkpoints'}; "
+                "pass hydra.run.dir=<the run directory to resume> or ckpt_path=<file.ckpt>"
+            )
+        return str(found[-1])
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return str(path.resolve())
+
+
+def discard_if_unused(run_dir: Path) -> None:
+    """Remove a run directory that holds nothing but what Hydra wrote before the run failed."""
+    if not run_dir.is_dir():
+        return
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir, ignore_errors=True)

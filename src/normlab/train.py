@@ -1,0 +1,71 @@
+"""``normlab-train``: train, validate and test a model composed by Hydra from ``conf/``."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from normlab.config import register_schemas, validate
+from normlab.module import Classifier
+from normlab.runs import config_dir, find_checkpoint, register_resolvers
+from normlab.cli import as_plain, build_logger, guarded, log_hparams, print_summary
+
+log = logging.getLogger("normlab")
+register_schemas()
+register_resolvers()
+
+
+def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and c.get("_target_")]
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit the model, test the best checkpoint, return the final metrics."""
+    validate(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    ckpt_path = find_checkpoint(cfg.get("ckpt_path"), run_dir)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()  # a missing dataset fails here, before anything is written
+    module = Classifier(
+        net=as_plain(cfg.model),
+        num_classes=cfg.data.num_classes,
+        optimizer=as_plain(cfg.optimizer),
+        scheduler=as_plain(cfg.get("scheduler")),
+    )
+    logger = build_logger(cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=build_callbacks(cfg))
+    log_hparams(trainer, cfg)
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    fit_seconds = time.perf_counter() - start
+    metrics = _scalars(trainer.callback_metrics)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+
+    metrics.update(_scalars(trainer.callback_metrics))
+    print_summary(trainer, metrics, run_dir, fit_seconds)
+    return metrics
+
+
+def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if v.numel() == 1}
+
+
+@hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> Any:
+    return guarded(train, cfg)
+
+
+if __name__ == "__main__":
+    main()
