@@ -181,11 +181,31 @@ class TrainerSchema:
     default_root_dir: str | None = None
 
 
+# ----------------------------------------------------------------------------- callbacks
+@dataclass
+class LandscapeSchema:
+    """``normlab.diagnostics.LandscapeProbes``: each instrument's cadence in optimizer steps, 0 = off."""
+
+    _target_: str = "normlab.diagnostics.LandscapeProbes"
+    loss_variation: int = at_least(0, 0)
+    grad_predictiveness: int = at_least(0, 0)
+    beta_smoothness: int = at_least(0, 0)
+    ics: int = at_least(0, 0)
+    sharpness: int = at_least(0, 0)
+    lr_multiples: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0])
+    power_iterations: int = at_least(1, 20)
+    tolerance: float = positive(1e-3)
+    ics_layers: list[str] | None = None
+    loss_fn: Any = None  # a partial callable, fn(module, batch) -> loss; None: the training_step's loss
+    summary_path: str | None = None
+
+
 SCHEMAS = {
     "model": {"mlp_schema": MLPSchema, "cnn_schema": CNNSchema},
     "data": {"digits_schema": DigitsSchema, "synthetic_schema": SyntheticSchema, "mnist_schema": MNISTSchema},
     "optimizer": {"sgd_schema": SGDSchema, "adam_schema": AdamSchema},
     "trainer": {"trainer_schema": TrainerSchema},
+    "callbacks": {"landscape_schema": LandscapeSchema},
 }
 
 
@@ -223,6 +243,8 @@ def _problems(node: Any, prefix: str):
     schema = OmegaConf.get_type(node)
     limits = {f.name: f.metadata for f in dataclasses.fields(schema)} if dataclasses.is_dataclass(schema) else {}
     for key in node:
+        if not prefix and key == "hydra":  # Hydra's own node: validated by Hydra
+            continue
         full = f"{prefix}.{key}" if prefix else str(key)
         value = node[key] if not OmegaConf.is_missing(node, key) else None
         yield from _check(full, value, limits.get(key, {}))

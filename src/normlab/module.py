@@ -39,7 +39,7 @@ class Classifier(L.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the entry point writes hparams with real metrics
         self.net: nn.Module = instantiate(net)
         # Inputs are checked by cross_entropy already; the metrics' own checks cost more than a step.
         self.train_acc, self.val_acc, self.test_acc = (
@@ -68,7 +68,7 @@ class Classifier(L.LightningModule):
             if self._is_logging_step():
                 self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
         else:
-            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True)
+            self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
             self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True)
         return loss
 

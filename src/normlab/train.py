@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from normlab.config import register_schemas, validate
+from normlab.errors import ConfigError
 from normlab.module import Classifier
 from normlab.runs import config_dir, find_checkpoint, register_resolvers
 from normlab.cli import as_plain, build_logger, guarded, log_hparams, print_summary
@@ -35,6 +37,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate(cfg.data)
+    datamodule.save_hyperparameters(as_plain(cfg.data), logger=False)  # lets normlab-eval rebuild it
     datamodule.prepare_data()  # a missing dataset fails here, before anything is written
     module = Classifier(
         net=as_plain(cfg.model),
@@ -62,9 +65,24 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if v.numel() == 1}
 
 
+def objective(cfg: DictConfig) -> dict[str, float] | float | None:
+    """Train; return the metric named by ``optimized_metric`` (for a sweeper such as optuna), else all metrics.
+
+    A non-finite metric (a diverged run) is returned as ``None``, like a failed job: optuna marks
+    such a trial failed, whereas a NaN would stop the whole search.
+    """
+    metrics = train(cfg)
+    name = cfg.get("optimized_metric")
+    if name is None:
+        return metrics
+    if name not in metrics:
+        raise ConfigError(f"optimized_metric={name} is not a metric of this run; choose one of {sorted(metrics)}")
+    return metrics[name] if math.isfinite(metrics[name]) else None
+
+
 @hydra.main(config_path=config_dir(), config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> Any:
-    return guarded(train, cfg)
+    return guarded(objective, cfg)
 
 
 if __name__ == "__main__":

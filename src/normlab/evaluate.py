@@ -1,0 +1,61 @@
+"""``normlab-eval ckpt_path=PATH``: validate and test a trained checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from normlab.cli import as_plain, guarded
+from normlab.config import register_schemas, validate
+from normlab.errors import ConfigError
+from normlab.module import Classifier
+from normlab.runs import config_dir, find_checkpoint, register_resolvers
+
+register_schemas()
+register_resolvers()
+
+
+def data_config(cfg: DictConfig, checkpoint: dict) -> dict:
+    """The data to evaluate on: the command line's, else the one stored in the checkpoint."""
+    if cfg.get("data") is not None:
+        return as_plain(cfg.data)
+    stored = checkpoint.get("datamodule_hyper_parameters")
+    if not stored or "_target_" not in stored:
+        raise ConfigError(f"{cfg.ckpt_path} stores no data config; pass data=<digits|mnist|...>")
+    return dict(stored)
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    validate(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    path = find_checkpoint(cfg.ckpt_path, run_dir)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    L.seed_everything(cfg.seed, verbose=False)
+    datamodule = instantiate(data_config(cfg, checkpoint))
+    datamodule.prepare_data()
+    module = Classifier.load_from_checkpoint(path, map_location="cpu")
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
+    metrics: dict[str, float] = {}
+    for results in (trainer.validate(module, datamodule, verbose=False), trainer.test(module, datamodule, verbose=False)):
+        metrics.update({k: float(v) for k, v in results[0].items()})
+    (run_dir / "metrics.json").write_text(json.dumps({"checkpoint": path, **metrics}, indent=2))
+    print(f"normlab: evaluated {path}")
+    print("\n".join(f"  {k:<13} {v:.4f}" for k, v in sorted(metrics.items())))
+    print(f"  metrics in {run_dir / 'metrics.json'}")
+    return metrics
+
+
+@hydra.main(config_path=config_dir(), config_name="eval", version_base="1.3")
+def main(cfg: DictConfig) -> dict[str, float]:
+    return guarded(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()
