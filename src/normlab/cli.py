@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -10,6 +12,7 @@ from typing import Any
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -86,13 +89,46 @@ def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``task``; a mistake the user can fix ends in one line on stderr and exit status 2.
 
     A run directory that holds only what Hydra wrote before the failure is removed, so a bad
-    command leaves nothing half written.
+    command leaves nothing half written. In a multirun a failing job must not stop the sweep: any
+    exception is printed as one line, its traceback goes to the job's log file, the run
+    directory keeps a ``summary.json`` with status ``failed``, and ``None`` is returned.
     """
     try:
         return task(cfg)
     except (UserError, InstantiationException) as e:
+        message = " ".join(str(e).split())
+        if in_multirun():
+            return record_failure(message, error=None)
         if HydraConfig.initialized():
             discard_if_unused(Path(HydraConfig.get().runtime.output_dir))
-        message = " ".join(str(e).split())
         print(f"normlab: error: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except Exception as e:
+        if not in_multirun():
+            raise
+        return record_failure(f"{type(e).__name__}: {' '.join(str(e).split())}", error=e)
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def record_failure(message: str, error: BaseException | None) -> None:
+    """Note a failed sweep job: one line on stderr, the traceback in the job's log, ``summary.json``."""
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    log_file = run_dir / f"{hydra_cfg.job.name}.log"
+    if error is not None:
+        exc_info = (type(error), error, error.__traceback__)
+        record = logging.LogRecord("normlab", logging.ERROR, __file__, 0, message, None, exc_info)
+        for handler in logging.getLogger().handlers:  # the file only: the console gets one line
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+    summary = run_dir / "summary.json"
+    try:
+        previous = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        previous = {}
+    summary.write_text(json.dumps({**previous, "status": "failed", "error": message}, indent=2))
+    where = f" (traceback in {log_file})" if error is not None else ""
+    print(f"normlab: job {hydra_cfg.job.num} failed: {message}{where}", file=sys.stderr, flush=True)
