@@ -1,10 +1,10 @@
 """Config schemas: dataclasses registered in Hydra's ConfigStore that type-check the YAML.
 
 Each YAML file in ``conf/model``, ``conf/data``, ``conf/optimizer`` and ``conf/trainer`` lists its
-schema first in its defaults list, so unknown keys, wrong types and unknown enum values (an
-activation, a norm) fail while Hydra composes, naming the full key. Range limits cannot be typed,
-so fields carry them as metadata (``positive()``, ``at_least(1)``) and ``validate`` checks them
-all before anything runs.
+schema first in its defaults list (``- /schema/model/mlp@_here_``), so unknown keys, wrong types
+and unknown enum values (an activation, a norm) fail while Hydra composes, naming the full key.
+Range limits cannot be typed, so fields carry them as metadata (``positive()``, ``at_least(1)``)
+and ``validate`` checks them all before anything runs.
 """
 
 from __future__ import annotations
@@ -201,20 +201,24 @@ class LandscapeSchema:
 
 
 SCHEMAS = {
-    "model": {"mlp_schema": MLPSchema, "cnn_schema": CNNSchema},
-    "data": {"digits_schema": DigitsSchema, "synthetic_schema": SyntheticSchema, "mnist_schema": MNISTSchema},
-    "optimizer": {"sgd_schema": SGDSchema, "adam_schema": AdamSchema},
-    "trainer": {"trainer_schema": TrainerSchema},
-    "callbacks": {"landscape_schema": LandscapeSchema},
+    "model": {"mlp": MLPSchema, "cnn": CNNSchema},
+    "data": {"digits": DigitsSchema, "synthetic": SyntheticSchema, "mnist": MNISTSchema},
+    "optimizer": {"sgd": SGDSchema, "adam": AdamSchema},
+    "trainer": {"trainer": TrainerSchema},
+    "callbacks": {"landscape": LandscapeSchema},
 }
 
 
 def register_schemas() -> None:
-    """Put every schema in Hydra's ConfigStore, under the group of the YAML files that use it."""
+    """Put every schema in Hydra's ConfigStore as ``schema/<group>/<name>``.
+
+    A YAML file takes one with ``- /schema/model/mlp@_here_`` first in its defaults list; keeping
+    schemas out of the groups themselves keeps them out of the options Hydra lists.
+    """
     store = ConfigStore.instance()
     for group, schemas in SCHEMAS.items():
         for name, schema in schemas.items():
-            store.store(group=group, name=name, node=schema)
+            store.store(group=f"schema/{group}", name=name, node=schema)
 
 
 # ----------------------------------------------------------------------------- range checks
