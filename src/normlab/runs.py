@@ -66,8 +66,8 @@ def find_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
 
 
 def discard_if_unused(run_dir: Path) -> None:
-    """Remove a run directory that holds nothing but what Hydra wrote before the run failed."""
+    """Remove a run directory that holds nothing but what Hydra and the config print wrote before the run failed."""
     if not run_dir.is_dir():
         return
-    if all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+    if all(p.name in (".hydra", "config_tree.txt") or p.suffix == ".log" for p in run_dir.iterdir()):
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -15,6 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from normlab.config import register_schemas, validate
+from normlab.console import quiet_known_noise, show_config
 from normlab.errors import ConfigError
 from normlab.module import Classifier
 from normlab.runs import config_dir, find_checkpoint, register_resolvers
@@ -34,6 +35,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     ckpt_path = find_checkpoint(cfg.get("ckpt_path"), run_dir)
+    quiet_known_noise(resuming=ckpt_path is not None)
+    show_config(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
 
     datamodule = instantiate(cfg.data)
