@@ -47,6 +47,7 @@ class Classifier(L.LightningModule):
         )
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # survives a resume
+        self.train_acc.persistent(True)  # a checkpoint saved after validation resumes the epoch's accuracy
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets `_current_fx_name` around each of the dozen hook calls of a step, and
