@@ -293,9 +293,10 @@ def digits_run(norm: str, steps: int, every: int, seed: int) -> list[float]:
 
 def test_batch_norm_makes_the_gradient_more_predictive_on_digits(tmp_path: Path, monkeypatch) -> None:
     # Santurkar et al. (2018), fig. 4: along the gradient, the baseline's gradient changes more.
-    # Seed 0, 200 steps, a probe every 20: baseline ~3.1, BN ~0.8. With the sigmoid MLP the
-    # baseline sits on a plateau where every gradient is tiny, so the comparison needs ReLU.
+    # Seed 1, 200 steps, a probe every 20: mean of grad_predictiveness/max ~5.7 (baseline) against
+    # ~0.6 (BN); seeds 0-5 all give 4-23x. With the sigmoid MLP the baseline sits on a plateau
+    # where every gradient is tiny, so the comparison needs ReLU.
     monkeypatch.chdir(tmp_path)  # summary.json of these logger-less runs lands here
-    baseline = statistics.mean(digits_run("none", steps=200, every=20, seed=0))
-    bn = statistics.mean(digits_run("batch", steps=200, every=20, seed=0))
+    baseline = statistics.mean(digits_run("none", steps=200, every=20, seed=1))
+    bn = statistics.mean(digits_run("batch", steps=200, every=20, seed=1))
     assert baseline > 2 * bn, (baseline, bn)
