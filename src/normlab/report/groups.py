@@ -85,7 +85,7 @@ def sweep_layout(keys: list[tuple[str, ...]]) -> Layout:
 
 def _new_group(key: tuple[str, ...], layout: Layout) -> Group:
     by_key = {override_key(o): o for o in key}
-    shown = [by_key[k] for k in layout.varying if k in by_key]
+    shown = [by_key[k] for k in (layout.compared_key, *layout.panel_keys) if k in by_key]
     panel = ", ".join(by_key[k] for k in layout.panel_keys if k in by_key)
     compared = by_key.get(layout.compared_key, "") if layout.compared_key else ""
     return Group(key=key, label=", ".join(shown) or "all runs", compared=compared or "all runs", panel=panel)

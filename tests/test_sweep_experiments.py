@@ -1,0 +1,145 @@
+"""The experiment scripts and the TensorBoard server, run as a user would from the repository root."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from helpers import run_entry
+
+from normlab.report.synthetic import write_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "trainer.max_steps=4",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=1",
+    "trainer.log_every_n_steps=1",
+]
+# On top of each experiment's documented reduced budget: one seed and two values of the swept key.
+SHRINK = {
+    "lr_stability": ["optimizer.lr=0.3,30", "seed=0"],
+    "bad_init": ["model.init_std=0.1,3", "seed=0"],
+    "input_scaling": ["data.preprocess=none,standardize", "seed=0"],
+    "ioffe2015_mnist": [],
+}
+GROUPS = {
+    "lr_stability": [f"model={m}, optimizer.lr={lr}" for m in ("baseline_mlp", "bn_mlp") for lr in ("0.3", "30")],
+    "bad_init": [f"model={m}, model.init_std={s}" for m in ("baseline_mlp", "bn_mlp") for s in ("0.1", "3")],
+    "input_scaling": [
+        f"model={m}, data.preprocess={p}" for m in ("baseline_mlp", "bn_mlp") for p in ("none", "standardize")
+    ],
+    "ioffe2015_mnist": ["model=baseline_mlp", "model=bn_mlp"],
+}
+
+
+def script_env() -> dict[str, str]:
+    """The environment with this interpreter's bin/ (normlab-train, normlab-report, tensorboard) first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def reduced_budget(name: str) -> list[str]:
+    """The overrides of the reduced-budget command in the experiment's header comment."""
+    header = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text().split("Reduced budget", 1)[1]
+    command = re.search(rf"scripts/{name}\.sh (.*)", header).group(1)
+    return shlex.split(command)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SHRINK))
+def test_experiment_script_runs_its_sweep_and_writes_its_report(tmp_path, name):
+    sweep = tmp_path / "sweep"
+    command = [str(ROOT / "scripts" / f"{name}.sh"), *reduced_budget(name), *SHRINK[name], *TINY]
+    proc = subprocess.run(
+        command,
+        check=False,
+        cwd=tmp_path,
+        env={**script_env(), "SWEEP_DIR": str(sweep)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    report = (sweep / "report.md").read_text()
+    assert f"normlab: sweep of {len(GROUPS[name])} runs finished" in proc.stdout
+    assert "failed" not in proc.stdout.split("normlab: sweep of", 1)[1].split("report:", 1)[0]
+    assert f"normlab-report: {len(GROUPS[name])} runs" in proc.stdout
+    for group in GROUPS[name]:
+        assert f"| {group} |" in report
+
+
+def test_reduced_budgets_are_documented_for_every_experiment():
+    for name in SHRINK:
+        overrides = reduced_budget(name)
+        assert any(o.startswith("trainer.max_steps=") for o in overrides), name
+
+
+def test_ioffe_experiment_without_mnist_says_how_to_get_it(tmp_path):
+    proc = run_entry(
+        "train",
+        "experiment=ioffe2015_mnist",
+        "hydra/launcher=basic",
+        "data.download=false",
+        f"data.data_dir={tmp_path / 'mnist'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 failed" in proc.stdout
+    assert proc.stderr.count("MNIST files missing in") == 2
+    assert "train-images-idx3-ubyte.gz" in proc.stderr and "data.data_dir=FOLDER" in proc.stderr
+
+
+def test_serve_tensorboard_lists_every_run_of_a_sweep_on_loopback(tmp_path):
+    runs = write_sweep(tmp_path / "sweep", steps=20)
+    server = subprocess.Popen(
+        [str(ROOT / "scripts" / "serve_tensorboard.sh"), str(tmp_path / "sweep"), "0"],
+        env=script_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = _served_url(server)
+        assert url.startswith("http://127.0.0.1:")
+        deadline = time.monotonic() + 60
+        listed: list = []
+        while sorted(listed) != sorted(r.name for r in runs) and time.monotonic() < deadline:
+            time.sleep(0.5)  # runs appear as TensorBoard's first scan of the logdir proceeds
+            listed = _json(f"{url}data/runs")
+        assert sorted(listed) == sorted(r.name for r in runs)
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_serve_tensorboard_needs_a_directory(tmp_path):
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "serve_tensorboard.sh"), str(tmp_path / "nowhere")],
+        check=False,
+        env=script_env(),
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2 and "usage: scripts/serve_tensorboard.sh SWEEP_DIR [PORT]" in proc.stderr
+
+
+def _served_url(server: subprocess.Popen) -> str:
+    for line in server.stdout:
+        match = re.search(r"TensorBoard \S+ at (http://\S+/)", line)
+        if match:
+            return match.group(1)
+    raise AssertionError("tensorboard exited without serving")
+
+
+def _json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
