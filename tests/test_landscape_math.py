@@ -23,13 +23,13 @@ EIGENVALUES = [12.0, 7.0, 3.0, 1.0, 0.5, -4.0]  # largest in magnitude first, on
 
 
 class Quadratic:
-    """L(w) = 1/2 w'Aw + b'w with A = Q diag(EIGENVALUES) Q', in float64."""
+    """L(w) = 1/2 w'Aw + b'w with A = Q diag(eigenvalues) Q', in float64."""
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, eigenvalues: list[float] = EIGENVALUES) -> None:
         g = torch.Generator().manual_seed(seed)
-        n = len(EIGENVALUES)
+        n = len(eigenvalues)
         q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
-        self.A = q @ torch.diag(torch.tensor(EIGENVALUES, dtype=torch.float64)) @ q.T
+        self.A = q @ torch.diag(torch.tensor(eigenvalues, dtype=torch.float64)) @ q.T
         self.b = torch.randn(n, generator=g, dtype=torch.float64)
         self.w = nn.Parameter(torch.randn(n, generator=g, dtype=torch.float64))
 
@@ -43,8 +43,15 @@ class Quadratic:
 def test_sharpness_is_the_top_eigenvalue_within_one_percent() -> None:
     q = Quadratic()
     eigen = top_hessian_eigenvalue(q.loss, [q.w], iterations=50, tolerance=1e-6, generator=torch.Generator().manual_seed(1))
-    assert eigen.value == pytest.approx(max(EIGENVALUES, key=abs), rel=0.01)
+    assert eigen.value == pytest.approx(max(EIGENVALUES), rel=0.01)
     assert eigen.iterations < 50  # converged before the cap
+
+
+def test_sharpness_is_the_top_eigenvalue_when_a_negative_one_dominates() -> None:
+    # Near a saddle the eigenvalue of largest magnitude is negative; sharpness is still the top one.
+    q = Quadratic(eigenvalues=[6.0, 2.0, 1.0, -3.0, -9.0, -20.0])
+    eigen = top_hessian_eigenvalue(q.loss, [q.w], iterations=200, tolerance=1e-7, generator=torch.Generator().manual_seed(1))
+    assert eigen.value == pytest.approx(6.0, rel=0.01)
 
 
 def test_sharpness_stops_at_the_iteration_cap() -> None:

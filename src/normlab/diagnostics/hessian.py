@@ -6,7 +6,7 @@ and keeps it there (the edge of stability); beyond it, a quadratic model of the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +26,11 @@ def hessian_vector_product(grads: Sequence[Tensor], params: Sequence[Tensor], ve
 
 @dataclass(frozen=True)
 class Eigen:
-    value: float  # the eigenvalue of largest magnitude, with its sign
+    value: float  # the largest eigenvalue (the most positive one)
     iterations: int  # Hessian-vector products it took
+
+
+Operator = Callable[[list[Tensor]], list[Tensor]]
 
 
 def top_hessian_eigenvalue(
@@ -37,29 +40,53 @@ def top_hessian_eigenvalue(
     tolerance: float = 1e-3,
     generator: torch.Generator | None = None,
 ) -> Eigen:
-    """Power iteration: ``v <- H v / ||H v||`` until the Rayleigh quotient ``v . H v`` settles.
+    """The largest eigenvalue of the Hessian of ``loss`` with respect to ``params``.
 
-    The gradient graph is built once; each iteration then costs one double-backward pass.
+    Power iteration finds the eigenvalue of largest magnitude. When that one is negative (a
+    saddle, early in training), a second run on ``H - lambda I`` finds the top one: shifted by
+    the negative ``lambda``, it has become the largest in magnitude. The gradient graph is built
+    once; each iteration then costs one double-backward pass.
 
     Args:
         loss: closure returning the loss at the current parameters.
         params: the parameters the Hessian is taken over.
-        iterations: at most this many Hessian-vector products.
+        iterations: at most this many Hessian-vector products per power iteration.
         tolerance: stop once the estimate changes by less than ``tolerance`` times its size.
-        generator: draws the random start vector (on the CPU), so that the global RNG is left alone.
+        generator: draws the random start vectors (on the CPU), so that the global RNG is left alone.
     """
     grads = gradient(loss, params, create_graph=True)
+
+    def hessian(v: list[Tensor]) -> list[Tensor]:
+        return hessian_vector_product(grads, params, v)
+
+    dominant = power_iteration(hessian, params, iterations, tolerance, generator)
+    if dominant.value >= 0:
+        return dominant
+    low = dominant.value
+
+    def shifted(v: list[Tensor]) -> list[Tensor]:
+        return [h - low * x for h, x in zip(hessian(v), v, strict=True)]
+
+    top = power_iteration(shifted, params, iterations, tolerance, generator)
+    return Eigen(top.value + low, dominant.iterations + top.iterations)
+
+
+def power_iteration(
+    operator: Operator, params: Sequence[Tensor], iterations: int, tolerance: float, generator: torch.Generator | None
+) -> Eigen:
+    """The eigenvalue of largest magnitude of a symmetric ``operator``: ``v <- A v / ||A v||`` until
+    the Rayleigh quotient ``v . A v`` changes by less than ``tolerance`` times its size."""
     v = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in params]
     size = norm(v)
     v = [x / size for x in v]
     estimate = None
     for i in range(1, iterations + 1):
-        hv = hessian_vector_product(grads, params, v)
-        value = dot(v, hv).item()
-        size = norm(hv)
+        av = operator(v)
+        value = dot(v, av).item()
+        size = norm(av)
         if size == 0:
-            return Eigen(0.0, i)  # v lies in the null space, and so, for a zero Hessian, does everything
-        v = [h / size for h in hv]
+            return Eigen(0.0, i)  # A v = 0 for a random v: almost surely A = 0
+        v = [a / size for a in av]
         if estimate is not None and abs(value - estimate) <= tolerance * abs(value):
             return Eigen(value, i)
         estimate = value

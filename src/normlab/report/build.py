@@ -9,6 +9,7 @@ from pathlib import Path
 from normlab.errors import UserError
 from normlab.report import figures
 from normlab.report.groups import Group, Layout, StabilityLine, group_runs, lr_stability
+from normlab.report.landscape import landscape_figure
 from normlab.report.markdown import render
 from normlab.report.outcome import Outcome, outcome, summary_target
 from normlab.report.sweep import Run, load_runs
@@ -103,6 +104,7 @@ def _draw(report: Report, where: Path) -> None:
         ),
         "activations": lambda p: figures.activation_figure(groups, p),
         "lr_stability": lambda p: figures.lr_stability_figure(report.stability, report.target, p),
+        "landscape": lambda p: landscape_figure(groups, p),
     }
     for name, draw in wanted.items():
         path = draw(where / f"{name}.png")

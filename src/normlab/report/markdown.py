@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from normlab.report.groups import Group, mean_std
+from normlab.report.landscape import CAPTION as LANDSCAPE_CAPTION
+from normlab.report.landscape import landscape_table
 
 if TYPE_CHECKING:
     from normlab.report.build import Report
@@ -21,6 +23,7 @@ CAPTIONS = {
     "pre-activation (the sigmoid's input) over training, baseline beside BN.",
     "lr_stability": "Final validation accuracy against learning rate; red crosses are diverged runs, dashed "
     "lines the largest rate at which every seed converged.",
+    "landscape": LANDSCAPE_CAPTION,
 }
 
 
@@ -46,6 +49,7 @@ def render(report: Report, out_dir: Path) -> str:
         "",
         *group_table(report.groups, report.target),
         "",
+        *landscape_table(report.groups),
         "## Figures",
         "",
     ]

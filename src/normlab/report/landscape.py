@@ -1,0 +1,123 @@
+"""The report's landscape section: the probes' instruments over training, baseline beside BN.
+
+Reads what ``LandscapeProbes`` leaves in each run's ``summary.json`` under ``landscape`` (the
+latest value of every instrument and its history), so the sweep's event files are not read again.
+Runs trained without the probes add nothing, and a sweep without any gets no section.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from normlab.report.events import Series
+from normlab.report.figures import DPI, PANEL_SIZE, colors
+from normlab.report.groups import Group, band, mean_std
+from normlab.report.sweep import Run
+
+# summary key -> (panel title, log scale)
+PANELS = {
+    "grad_predictiveness/max": ("Gradient predictiveness: max ||grad(w - eta g) - g||", True),
+    "beta_smoothness": ("Effective beta-smoothness", True),
+    "loss_variation/range": ("Loss variation along the gradient: range", True),
+    "sharpness": ("Sharpness: top Hessian eigenvalue (dotted: 2 / lr)", False),
+}
+TABLE = {
+    "sharpness": "sharpness",
+    "sharpness_2_over_lr": "2 / lr",
+    "grad_predictiveness/max": "grad predictiveness (max)",
+    "beta_smoothness": "beta-smoothness",
+    "loss_variation/range": "loss variation (range)",
+}
+CAPTION = (
+    "Landscape probes on the training batch (Santurkar et al. 2018; Cohen et al. 2021): mean over "
+    "seeds, band from min to max."
+)
+
+
+def landscape(run: Run) -> dict:
+    return (run.summary or {}).get("landscape") or {}
+
+
+def history(run: Run, key: str) -> Series | None:
+    points = landscape(run).get("history", {}).get(key)
+    if not points:
+        return None
+    steps, values = zip(*points, strict=True)
+    return Series(np.asarray(steps), np.asarray([math.nan if v is None else v for v in values], dtype=float))
+
+
+def landscape_figure(groups: list[Group], path: Path) -> Path | None:
+    """One panel per instrument, one line per group; ``None`` when no run carries probe histories."""
+    if not any(history(r, key) for g in groups for r in g.runs for key in PANELS):
+        return None
+    palette = colors(groups)
+    styles = {panel: ("-", "--", ":", "-.")[i % 4] for i, panel in enumerate(dict.fromkeys(g.panel for g in groups))}
+    width, height = PANEL_SIZE[0] * 2, PANEL_SIZE[1] * 2 + 0.4
+    fig = Figure(figsize=(width, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    fig.subplots_adjust(
+        left=0.85 / width, right=1 - 0.2 / width, bottom=0.5 / height, top=1 - 0.75 / height, wspace=0.32, hspace=0.5
+    )
+    for ax, (key, (title, log)) in zip(fig.subplots(2, 2).ravel(), PANELS.items(), strict=True):
+        for g in groups:
+            stats = band([s for s in (history(r, key) for r in g.runs) if s is not None])
+            if stats is None:
+                continue
+            steps, mean, low, high = stats
+            if log:  # a zero has no place on a log axis
+                mean, low, high = (np.where(a > 0, a, np.nan) for a in (mean, low, high))
+            ax.plot(steps, mean, color=palette[g.compared], ls=styles[g.panel], marker=".", label=g.label)
+            ax.fill_between(steps, low, high, color=palette[g.compared], alpha=0.15, lw=0)
+        if key == "sharpness":
+            for limit in stability_limits(groups):
+                ax.axhline(limit, color="grey", ls=":", lw=1)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Optimization landscape, baseline beside BN", fontsize=11)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def stability_limits(groups: list[Group]) -> list[float]:
+    """The distinct ``2 / lr`` of the probed runs: gradient descent on a quadratic diverges above it."""
+    limits = {landscape(r).get("final", {}).get("sharpness_2_over_lr") for g in groups for r in g.runs}
+    return sorted(v for v in limits if v is not None)
+
+
+def landscape_table(groups: list[Group]) -> list[str]:
+    """A ``## Landscape`` section: each group's last probe values, mean over seeds; ``[]`` without probes."""
+    if not any(landscape(r) for g in groups for r in g.runs):
+        return []
+    header = ["group", "runs probed", *TABLE.values(), "ICS cosine (mean over layers)"]
+    rows = [header, ["---"] * len(header)]
+    for g in groups:
+        finals = [landscape(r).get("final", {}) for r in g.runs if landscape(r)]
+        cells = [_mean([f.get(key) for f in finals]) for key in TABLE]
+        ics = [_mean_of([v for k, v in f.items() if k.startswith("ics/") and k.endswith("/cos")]) for f in finals]
+        rows.append([g.label, f"{len(finals)}/{len(g.runs)}", *cells, _mean(ics)])
+    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+    intro = "Each instrument's value at the last probe of a run, mean ± std over seeds (`landscape` in `summary.json`)."
+    return ["## Landscape", "", intro, "", *lines, ""]
+
+
+def _mean_of(values: list[float | None]) -> float | None:
+    stats = mean_std(values)
+    return None if stats is None else stats[0]
+
+
+def _mean(values: list[float | None]) -> str:
+    stats = mean_std(values)
+    if stats is None:
+        return "n/a"
+    mean, std, n = stats
+    return f"{mean:.4g} ± {std:.2g}" if n > 1 else f"{mean:.4g}"

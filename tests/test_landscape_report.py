@@ -1,0 +1,67 @@
+"""The report's landscape section: a figure and a table from the probes' ``summary.json`` entries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from normlab.diagnostics.summary import merge_json
+from normlab.report import build_report
+from normlab.report.synthetic import write_sweep
+
+PROBES = (0, 20, 40)
+
+
+def plant_landscape(run_dir: Path, scale: float) -> dict[str, float]:
+    """Add a probe history to the run's summary.json, as LandscapeProbes writes it; return the final values."""
+    history = {
+        "sharpness": [[s, scale * (1 + s / 40)] for s in PROBES],
+        "sharpness_2_over_lr": [[s, 20.0] for s in PROBES],
+        "grad_predictiveness/max": [[s, 0.5 * scale] for s in PROBES],
+        "beta_smoothness": [[s, 2 * scale] for s in PROBES],
+        "loss_variation/range": [[s, 0.1 * scale] for s in PROBES],
+        "ics/layer2.fc/cos": [[s, 0.9] for s in PROBES],
+        "ics/head/cos": [[s, None] for s in PROBES],  # NaN in the run: left out of the mean
+    }
+    final = {k: v[-1][1] for k, v in history.items()}
+    merge_json(run_dir / "summary.json", {"landscape": {"step": PROBES[-1], "final": final, "history": history}})
+    return final
+
+
+def table(text: str) -> list[list[str]]:
+    section = text.split("## Landscape", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in r.strip("|").split(" | ")] for r in rows]
+
+
+def test_landscape_figure_and_table_baseline_beside_bn(tmp_path: Path) -> None:
+    runs = write_sweep(tmp_path, steps=40, lrs=(0.1,), seeds=(0, 1))
+    finals = {run.name: plant_landscape(run, 10.0 if "baseline" in run.name else 1.0 + i) for i, run in enumerate(runs)}
+    report = build_report(tmp_path)
+    figure = report.figures["landscape"]
+    assert figure.read_bytes()[:4] == b"\x89PNG" and figure.stat().st_size > 10_000
+    text = report.path.read_text()
+    assert "figures/landscape.png" in text
+    header, _, baseline, bn = table(text)
+    assert header[:4] == ["group", "runs probed", "sharpness", "2 / lr"]
+    assert baseline[:4] == ["model=baseline_mlp", "2/2", "20 ± 0", "20 ± 0"]  # both seeds: 10 * (1 + 40/40)
+    bn_sharpness = [finals[r.name]["sharpness"] for r in runs if "bn_mlp" in r.name]
+    mean, spread = sum(bn_sharpness) / 2, abs(bn_sharpness[0] - bn_sharpness[1]) / 2**0.5
+    assert bn[2] == f"{mean:.4g} ± {spread:.2g}"
+    assert baseline[-1] == "0.9 ± 0"  # the head's NaN cosine is left out
+
+
+def test_no_landscape_section_without_probes(tmp_path: Path) -> None:
+    write_sweep(tmp_path, steps=40, lrs=(0.1,), seeds=(0,))
+    report = build_report(tmp_path)
+    assert "landscape" not in report.figures
+    assert "## Landscape" not in report.path.read_text()
+
+
+@pytest.mark.parametrize("summary", [{"status": "completed"}, {"landscape": {}}])
+def test_runs_without_a_history_add_nothing(tmp_path: Path, summary: dict) -> None:
+    (run,) = write_sweep(tmp_path, steps=40, models=("bn_mlp",), lrs=(0.1,), seeds=(0,))
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert "landscape" not in build_report(tmp_path).figures
