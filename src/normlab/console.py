@@ -30,8 +30,8 @@ def config_tree(cfg: DictConfig) -> Tree:
     Within a group, ``_target_`` comes first and unset (null) values are left out; the complete
     config is in the run's ``.hydra/config.yaml``.
     """
-    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    plain.pop("hydra", None)  # Hydra's own settings, present when composed with return_hydra_config
+    # Hydra's own node is there only when composed with return_hydra_config; it is not the run's config.
+    plain = {key: _resolved(cfg[key]) for key in cfg if key != "hydra"}
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
     root = Tree("[bold]config[/] [dim](nulls in groups hidden; all of it: .hydra/config.yaml)[/]")
     for key, value in sorted(plain.items(), key=lambda kv: isinstance(kv[1], dict)):
@@ -42,6 +42,12 @@ def config_tree(cfg: DictConfig) -> Tree:
         else:
             root.add(_leaf(key, value))
     return root
+
+
+def _resolved(node: Any) -> Any:
+    if OmegaConf.is_config(node):
+        return OmegaConf.to_container(node, resolve=True, enum_to_str=True)
+    return node
 
 
 def _add_branch(branch: Tree, node: dict[str, Any]) -> None:
