@@ -166,7 +166,9 @@ def test_each_instrument_logs_its_tags_at_its_cadence_in_one_write_per_step(tmp_
     walk = {"landscape/time_ms/along_gradient"}
     variation = {f"landscape/loss_variation/{k}" for k in ("min", "max", "range")}
     predictiveness = {"landscape/grad_predictiveness/min", "landscape/grad_predictiveness/max"}
-    sharpness = {f"landscape/{k}" for k in ("sharpness", "sharpness_2_over_lr", "sharpness_iterations", "time_ms/sharpness")}
+    sharpness = {
+        f"landscape/{k}" for k in ("sharpness", "sharpness_2_over_lr", "sharpness_iterations", "time_ms/sharpness")
+    }
     ics = {"landscape/ics/head/l2", "landscape/ics/head/cos", "landscape/time_ms/ics"}  # fc1 has nothing before it
     expected = {
         0: walk | variation | predictiveness | sharpness | ics,
@@ -217,7 +219,7 @@ def test_a_given_loss_fn_measures_the_same_landscape(tmp_path: Path) -> None:
 
 def test_ics_layers_can_be_named(tmp_path: Path) -> None:
     _, _, logger = fit(tmp_path, LandscapeProbes(ics=1, ics_layers=["net.bn", "net.head"]), steps=1)
-    (_, metrics), = landscape_calls(logger)
+    ((_, metrics),) = landscape_calls(logger)
     assert {k for k in metrics if k.startswith("landscape/ics/")} == {
         f"landscape/ics/{layer}/{stat}" for layer in ("bn", "head") for stat in ("l2", "cos")
     }
@@ -272,10 +274,18 @@ def test_landscape_config_is_checked_against_its_schema(compose_cfg) -> None:
 def digits_run(norm: str, steps: int, every: int, seed: int) -> list[float]:
     """grad_predictiveness/max over a ReLU MLP's training on digits (the default SGD: lr 0.3, momentum 0.9)."""
     L.seed_everything(seed, verbose=False)
-    net = {"_target_": "normlab.models.MLP", "input_shape": [1, 8, 8], "num_classes": 10, "activation": "relu", "norm": norm}
+    net = {
+        "_target_": "normlab.models.MLP",
+        "input_shape": [1, 8, 8],
+        "num_classes": 10,
+        "activation": "relu",
+        "norm": norm,
+    }
     optimizer = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.3, "momentum": 0.9}
     module = Classifier(net=net, num_classes=10, optimizer=optimizer)
-    datamodule = DigitsDataModule(batch_size=64, preprocess="normalize", seed=seed, input_shape=[1, 8, 8], num_classes=10)
+    datamodule = DigitsDataModule(
+        batch_size=64, preprocess="normalize", seed=seed, input_shape=[1, 8, 8], num_classes=10
+    )
     probes = LandscapeProbes(grad_predictiveness=every)
     trainer = L.Trainer(
         max_steps=steps,

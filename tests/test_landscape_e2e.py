@@ -28,8 +28,14 @@ def scalars(run_dir: Path) -> dict[str, list[int]]:
 def test_readme_full_diagnostics_run(train) -> None:
     _, run_dir = train("model=bn_mlp", "callbacks=diagnostics_full", "trainer.max_steps=1000")
     tags = scalars(run_dir)
-    for tag in ("landscape/sharpness", "landscape/grad_predictiveness/max", "landscape/beta_smoothness",
-                "landscape/loss_variation/range", "landscape/ics/layer3.fc/cos", "landscape/time_ms/sharpness"):
+    for tag in (
+        "landscape/sharpness",
+        "landscape/grad_predictiveness/max",
+        "landscape/beta_smoothness",
+        "landscape/loss_variation/range",
+        "landscape/ics/layer3.fc/cos",
+        "landscape/time_ms/sharpness",
+    ):
         assert tags[tag] == [0, 500], tag
     final = json.loads((run_dir / "summary.json").read_text())["landscape"]["final"]
     assert final["sharpness_2_over_lr"] == pytest.approx(2 / 0.3)
@@ -53,7 +59,17 @@ def test_readme_one_instrument_at_its_own_cadence(train) -> None:
 def test_benchmark_prints_the_overhead_of_each_instrument() -> None:
     # The README's command with a small budget: the contract of --json, not the figures.
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts/benchmark_landscape.py"), "--steps", "40", "--every", "20", "--repeats", "1", "--json"],
+        [
+            sys.executable,
+            str(ROOT / "scripts/benchmark_landscape.py"),
+            "--steps",
+            "40",
+            "--every",
+            "20",
+            "--repeats",
+            "1",
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -63,6 +79,11 @@ def test_benchmark_prints_the_overhead_of_each_instrument() -> None:
     assert result["reference"]
     for model in ("baseline", "bn"):
         assert set(result[model]["overhead"]) == {
-            "loss_variation", "grad_predictiveness", "beta_smoothness", "ics", "sharpness", "all"
+            "loss_variation",
+            "grad_predictiveness",
+            "beta_smoothness",
+            "ics",
+            "sharpness",
+            "all",
         }
         assert all(v > 0 for v in result[model]["overhead"].values())

@@ -42,7 +42,9 @@ class Quadratic:
 
 def test_sharpness_is_the_top_eigenvalue_within_one_percent() -> None:
     q = Quadratic()
-    eigen = top_hessian_eigenvalue(q.loss, [q.w], iterations=50, tolerance=1e-6, generator=torch.Generator().manual_seed(1))
+    eigen = top_hessian_eigenvalue(
+        q.loss, [q.w], iterations=50, tolerance=1e-6, generator=torch.Generator().manual_seed(1)
+    )
     assert eigen.value == pytest.approx(max(EIGENVALUES), rel=0.01)
     assert eigen.iterations < 50  # converged before the cap
 
@@ -50,7 +52,9 @@ def test_sharpness_is_the_top_eigenvalue_within_one_percent() -> None:
 def test_sharpness_is_the_top_eigenvalue_when_a_negative_one_dominates() -> None:
     # Near a saddle the eigenvalue of largest magnitude is negative; sharpness is still the top one.
     q = Quadratic(eigenvalues=[6.0, 2.0, 1.0, -3.0, -9.0, -20.0])
-    eigen = top_hessian_eigenvalue(q.loss, [q.w], iterations=200, tolerance=1e-7, generator=torch.Generator().manual_seed(1))
+    eigen = top_hessian_eigenvalue(
+        q.loss, [q.w], iterations=200, tolerance=1e-7, generator=torch.Generator().manual_seed(1)
+    )
     assert eigen.value == pytest.approx(6.0, rel=0.01)
 
 
@@ -134,7 +138,9 @@ class Noisy(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            OrderedDict(fc=nn.Linear(4, 8), bn=nn.BatchNorm1d(8), act=nn.ReLU(), drop=nn.Dropout(0.5), head=nn.Linear(8, 3))
+            OrderedDict(
+                fc=nn.Linear(4, 8), bn=nn.BatchNorm1d(8), act=nn.ReLU(), drop=nn.Dropout(0.5), head=nn.Linear(8, 3)
+            )
         )
         self.acc = MulticlassAccuracy(3)
 

@@ -34,9 +34,7 @@ def parameters_at(params: Sequence[Tensor], values: Sequence[Tensor]) -> Iterato
                 p.copy_(s)
 
 
-def value_and_gradient(
-    loss: Loss, params: Sequence[Tensor], create_graph: bool = False
-) -> tuple[Tensor, list[Tensor]]:
+def value_and_gradient(loss: Loss, params: Sequence[Tensor], create_graph: bool = False) -> tuple[Tensor, list[Tensor]]:
     """The loss and d loss / d params at their current values (zeros for parameters it does not use)."""
     value = loss()
     grads = torch.autograd.grad(value, params, create_graph=create_graph, allow_unused=True)

@@ -17,6 +17,7 @@ from normlab.diagnostics.geometry import covariate_shift, walk_along_gradient
 from normlab.diagnostics.hessian import top_hessian_eigenvalue
 from normlab.diagnostics.sandbox import LossFn, sandboxed, training_step_loss
 from normlab.diagnostics.summary import merge_json
+from normlab.diagnostics.watch import display_names
 from normlab.errors import ConfigError
 
 INSTRUMENTS = ("loss_variation", "grad_predictiveness", "beta_smoothness", "ics", "sharpness")
@@ -95,7 +96,9 @@ class LandscapeProbes(L.Callback):
         loss_fn: LossFn | None = None,
         summary_path: str | None = None,
     ) -> None:
-        self.every = dict(zip(INSTRUMENTS, (loss_variation, grad_predictiveness, beta_smoothness, ics, sharpness)))
+        self.every = dict(
+            zip(INSTRUMENTS, (loss_variation, grad_predictiveness, beta_smoothness, ics, sharpness), strict=True)
+        )
         bad = {k: v for k, v in self.every.items() if not isinstance(v, int) or v < 0}
         if bad:
             raise ValueError(f"cadences must be whole numbers of steps >= 0 (0 = off), got {bad}")
@@ -136,7 +139,9 @@ class LandscapeProbes(L.Callback):
         log_dir = trainer.log_dir or trainer.default_root_dir  # log_dir is called on every rank
         self._summary = Path(self.summary_path) if self.summary_path else Path(log_dir) / "summary.json"
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch = (batch, batch_idx)
 
     def on_before_optimizer_step(
@@ -211,9 +216,10 @@ class LandscapeProbes(L.Callback):
         layers = _layer_indices(pl_module, self.ics_layers)
         with self._batch_loss(trainer, pl_module) as loss:
             shifts = covariate_shift(loss, _parameters(pl_module), self._before, layers)
+        shown = dict(zip(layers, display_names(list(layers)), strict=True))
         out = {}
         for name, shift in shifts.items():
-            out |= {f"ics/{_short(name, layers)}/l2": shift.l2, f"ics/{_short(name, layers)}/cos": shift.cos}
+            out |= {f"ics/{shown[name]}/l2": shift.l2, f"ics/{shown[name]}/cos": shift.cos}
         out["time_ms/ics"] = 1000 * (time.perf_counter() - start)
         return out
 
@@ -268,12 +274,5 @@ def _layer_indices(module: nn.Module, names: Sequence[str] | None) -> dict[str, 
     return out
 
 
-def _short(name: str, layers: dict[str, list[int]]) -> str:
-    """``name`` without the first component when every layer shares it (``net.layer2.fc`` -> ``layer2.fc``)."""
-    heads = {n.split(".", 1)[0] for n in layers}
-    return name.split(".", 1)[1] if len(heads) == 1 and all("." in n for n in layers) else name
-
-
 def _finite_or_none(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no NaN
-
