@@ -6,9 +6,9 @@ import io
 import logging
 import warnings
 
-from helpers import run_entry
 from rich.console import Console
 
+from helpers import run_entry
 from normlab.console import CONFIG_TREE_FILE, config_tree, quiet_known_noise, show_config
 
 # What Lightning may say on stderr during a default run; anything else is noise to fix or filter.

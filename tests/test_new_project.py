@@ -30,11 +30,9 @@ def fresh_venv(path: Path) -> Path:
     """
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     python = path / "bin" / "python"
-    purelib = subprocess.run(
-        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-        check=True, capture_output=True, text=True,
-    ).stdout.strip()  # fmt: skip
-    (Path(purelib) / "_template_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    where = [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"]
+    purelib = Path(subprocess.run(where, check=True, capture_output=True, text=True).stdout.strip())
+    (purelib / "_template_env.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     return python
 
 

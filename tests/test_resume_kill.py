@@ -11,15 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import read_scalars
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from helpers import read_scalars
 
 MAX_STEPS = 300  # about 16 epochs of digits: still running when the second has been saved
 COMPARED = ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/loss", "test/acc")
 
 
 def start(run_dir: Path, *overrides: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "normlab.train", "seed=1", f"trainer.max_steps={MAX_STEPS}", f"hydra.run.dir={run_dir}"]
+    budget = f"trainer.max_steps={MAX_STEPS}"
+    cmd = [sys.executable, "-m", "normlab.train", "seed=1", budget, f"hydra.run.dir={run_dir}"]
     with (run_dir.parent / f"{run_dir.name}.log").open("a") as log:  # the child keeps its own handle
         return subprocess.Popen([*cmd, *overrides], stdout=log, stderr=subprocess.STDOUT, cwd=run_dir.parent)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers import run_entry
 
 RUN = "."  # the logdir is the run directory itself, whose event files sit at its top

@@ -13,10 +13,10 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
-from hydra.types import RunMode
 from rich.console import Console
 from rich.markup import escape
 from rich.tree import Tree
