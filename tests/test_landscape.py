@@ -77,7 +77,13 @@ class Recorder(Logger):
         return None
 
 
-def fit(tmp_path: Path, *callbacks: L.Callback, steps: int = 4, module: L.LightningModule | None = None):
+def fit(
+    tmp_path: Path,
+    *callbacks: L.Callback,
+    steps: int = 4,
+    module: L.LightningModule | None = None,
+    ckpt_path: Path | None = None,
+):
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
@@ -94,7 +100,7 @@ def fit(tmp_path: Path, *callbacks: L.Callback, steps: int = 4, module: L.Lightn
         enable_model_summary=False,
         log_every_n_steps=1,
     )
-    trainer.fit(module)
+    trainer.fit(module, ckpt_path=ckpt_path)
     return trainer, module, logger
 
 
@@ -199,6 +205,17 @@ def test_final_values_are_merged_into_summary_json(tmp_path: Path) -> None:
     assert data["landscape"]["final"]["beta_smoothness"] == pytest.approx(last["landscape/beta_smoothness"])
     assert [s for s, _ in data["landscape"]["history"]["beta_smoothness"]] == [0, 2, 4]
     assert not list(tmp_path.glob(".summary.json*"))  # no temporary file left behind
+
+
+def test_history_survives_a_resume(tmp_path: Path) -> None:
+    summary = tmp_path / "summary.json"
+    trainer, _, _ = fit(tmp_path, LandscapeProbes(sharpness=2, summary_path=str(summary)), steps=3)
+    trainer.save_checkpoint(tmp_path / "mid.ckpt")
+    resumed = LandscapeProbes(sharpness=2, summary_path=str(summary))
+    _, _, logger = fit(tmp_path, resumed, steps=5, ckpt_path=tmp_path / "mid.ckpt")
+    assert [s for s, _ in landscape_calls(logger)] == [4]  # the resumed run probes only what is left
+    history = json.loads(summary.read_text())["landscape"]["history"]["sharpness"]
+    assert [s for s, _ in history] == [0, 2, 4]
 
 
 def test_summary_defaults_to_the_trainer_log_dir(tmp_path: Path) -> None:
