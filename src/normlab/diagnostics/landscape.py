@@ -259,13 +259,13 @@ def _layer_indices(module: nn.Module, names: Sequence[str] | None) -> dict[str, 
         found = {
             name: [index[id(p)] for p in m.parameters(recurse=False) if id(p) in index]
             for name, m in module.named_modules()
-            if not isinstance(m, _NORMS)
+            if name and not isinstance(m, _NORMS)  # the root's own parameters come first: before every layer
         }
         return {name: idx for name, idx in found.items() if idx}
     modules = dict(module.named_modules())
     unknown = [n for n in names if n not in modules]
     if unknown:
-        known = [n for n in _layer_indices(module, None)]
+        known = list(_layer_indices(module, None))
         raise ConfigError(f"ics_layers={list(names)}: no module named {unknown}; layers with weights: {known}")
     out = {n: [index[id(p)] for p in modules[n].parameters() if id(p) in index] for n in names}
     empty = [n for n, idx in out.items() if not idx]
