@@ -49,6 +49,8 @@ def test_renamed_copy_installs_trains_and_passes_its_tests(tmp_path):
         (project / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, project / name)
 
+    preview = run(sys.executable, "scripts/new_project.py", NEW, "--dry-run", cwd=project).stdout
+    assert "pyproject.toml" in preview and (project / "src" / "normlab").is_dir()  # listed, not changed
     run(sys.executable, "scripts/new_project.py", NEW, cwd=project)
     assert (project / "src" / NEW).is_dir() and not (project / "src" / "normlab").exists()
     leftovers = [
@@ -74,3 +76,16 @@ def test_renamed_copy_installs_trains_and_passes_its_tests(tmp_path):
     selected = ["tests/test_config.py", "tests/test_console.py", "-k", "compose or tree"]
     tests = run(python, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider", *selected, cwd=project)
     assert " passed" in tests.stdout and "failed" not in tests.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [("My-Lab", "lower-case Python identifier"), ("class", "keyword"), ("torch", "already an importable module")],
+)
+def test_unusable_names_are_refused_in_one_line(tmp_path, name, reason):
+    (tmp_path / "src" / "normlab").mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, REPO / "scripts" / "new_project.py", name, "--root", tmp_path], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and reason in proc.stderr and len(proc.stderr.splitlines()) == 1
+    assert (tmp_path / "src" / "normlab").is_dir()
