@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from normlab.cli import as_plain, guarded
 from normlab.config import register_schemas, validate
+from normlab.console import quiet_known_noise
 from normlab.errors import ConfigError
 from normlab.module import Classifier
 from normlab.runs import config_dir, find_checkpoint, register_resolvers
@@ -36,6 +37,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     path = find_checkpoint(cfg.ckpt_path, run_dir)
+    quiet_known_noise()
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(data_config(cfg, checkpoint))
