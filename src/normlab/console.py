@@ -125,8 +125,8 @@ def quiet_known_noise(resuming: bool = False) -> None:
     Args:
         resuming: the run continues from a checkpoint, so its checkpoint directory is already full.
     """
-    # Lightning (< 2.7) still builds torch's deprecated LeafSpec when it flattens logged values;
-    # the warning is about Lightning's code, and the run is unaffected.
+    # Lightning (< 2.7) still builds torch's deprecated LeafSpec when it wraps the data loaders
+    # (CombinedLoader); the warning is about Lightning's code, and the run is unaffected.
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
     # Advertisements for Lightning's cloud services at every run start, not about the run.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_LIGHTNING_ADS)
