@@ -1,12 +1,13 @@
 """Wall time of one sweep of 12 short runs, launched by the basic launcher and by joblib.
 
-The sweep is baseline vs BN x 3 learning rates x 2 seeds on digits. The basic launcher runs the
-jobs one after another in one process; joblib runs ``--jobs`` at once (default: one per core),
-each with ``cores // jobs`` torch threads (``hydra.callbacks.torch_threads``). Each arm is timed
-from the command's start to its exit, Python start-up included. Goal: joblib >= 1.6x faster on
-2 cores.
+The sweep is baseline vs BN x 3 learning rates x 2 seeds on digits, each run the template's
+default budget of 1500 steps (about 10 s). The basic launcher runs the jobs one after another in
+one process; joblib runs ``--jobs`` at once (default: one per core), each with ``cores // jobs``
+torch threads (``hydra.callbacks.torch_threads``). Each arm is timed from the command's start to
+its exit, start-up included; joblib's workers pay theirs once each, so very short runs (a few
+hundred steps) gain less. Goal: joblib >= 1.6x faster on 2 cores.
 
-    python scripts/benchmark_sweep.py [--steps 300] [--jobs N] [--json]
+    python scripts/benchmark_sweep.py [--steps 1500] [--jobs N] [--json]
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def sweep_seconds(launcher: list[str], steps: int, sweep_dir: Path) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps per run")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps per run")
     parser.add_argument("--jobs", type=int, default=None, help="joblib's parallel jobs (default: the cores)")
     parser.add_argument("--json", action="store_true", help="print a JSON object as the last line")
     args = parser.parse_args()

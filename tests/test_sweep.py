@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import run_entry
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import read_write
 
+from helpers import run_entry
 from normlab.cli import guarded
 from normlab.errors import ConfigError
 from normlab.report import build_report, read_scalars

@@ -49,7 +49,7 @@ def _grid(count: int, columns: int | None = None, size: tuple[float, float] = PA
     fig = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(fig)
     fig.subplots_adjust(
-        left=0.85 / width, right=1 - 0.2 / width, bottom=0.5 / height, top=1 - 0.75 / height, wspace=0.32, hspace=0.5
+        left=0.85 / width, right=1 - 0.2 / width, bottom=0.5 / height, top=1 - 0.7 / height, wspace=0.32, hspace=0.5
     )
     axes = fig.subplots(rows, cols, squeeze=False).ravel().tolist()
     for ax in axes[count:]:

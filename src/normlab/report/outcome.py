@@ -5,11 +5,13 @@ one with status ``failed`` when a sweep's job raises. A run without it (killed, 
 trained without diagnostics) is judged from its event files:
 
 - ``completed``: it logged ``test/acc``, so training and testing finished;
-- ``partial``: it did not (yet);
-- ``diverged``: its ``train/loss`` became non-finite, or the median of its last tenth ended above
-  ``DIVERGENCE_FACTOR`` times where it started (its first value, at least chance level ln(classes))
-  or above ``BLOWUP_FACTOR`` times chance level;
-- ``missing``: the sweep asked for it but it never started.
+- ``partial``: it did not (yet).
+
+With or without a summary, a run is ``diverged`` when its summary says so or when its
+``train/loss`` became non-finite, or the median of its last tenth ended above the smaller of
+``DIVERGENCE_FACTOR`` times where it started (its first value, at least chance level ln(classes))
+and ``BLOWUP_FACTOR`` times chance level. A run the sweep asked for that never started is
+``missing``.
 """
 
 from __future__ import annotations
@@ -75,8 +77,8 @@ def outcome(run: Run, target: float) -> Outcome:
     status = str(summary.get("status", "partial"))
     if status not in STATUSES:
         status = "partial"
-    if summary.get("diverged") and status == "completed":
-        status = "diverged"
+    if status == "completed" and (summary.get("diverged") or from_events["divergence_step"] is not None):
+        status = "diverged"  # the summary's own test may be narrower (non-finite values only)
     fields = {
         "final_val_acc": _number(summary.get("final_val_acc")),
         "best_val_acc": _number(summary.get("best_val_acc")),
@@ -131,7 +133,7 @@ def first_step_at(series: Series, target: float) -> int | None:
 
 
 def divergence_step(loss: Series, num_classes: Any) -> int | None:
-    """The step from which ``loss`` blew up for good (see the module's rule), or ``None``."""
+    """For a loss that diverged by the module's rule, the first step it went past the limit; else ``None``."""
     values = loss.values
     if not len(values):
         return None
@@ -145,9 +147,7 @@ def divergence_step(loss: Series, num_classes: Any) -> int | None:
     tail = values[-max(1, len(values) // 10) :]
     if float(np.median(tail)) <= limit:
         return None
-    below = np.flatnonzero(values <= limit)
-    first_above = below[-1] + 1 if len(below) else 0
-    return int(loss.steps[min(first_above, len(values) - 1)])
+    return int(loss.steps[np.argmax(values > limit)])
 
 
 def _max(series: Series) -> float:
