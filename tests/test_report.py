@@ -16,7 +16,7 @@ from normlab.report import Report, build_report, load_runs, read_scalars
 from normlab.report.cli import main as report_main
 from normlab.report.events import Series
 from normlab.report.groups import lr_stability
-from normlab.report.outcome import divergence_step, first_step_at
+from normlab.report.outcome import divergence_step, first_step_at, outcome
 from normlab.report.sweep import activation_module
 from normlab.report.synthetic import write_sweep
 
@@ -124,6 +124,17 @@ def test_missing_partial_and_failed_runs_show_as_such(sweep):
     assert rows["002"][3] == "failed" and rows["002"][9] == "DataError: no MNIST"
     partial = report.outcomes[1]
     assert partial.source == "events" and partial.global_step is not None and partial.global_step < 120
+
+
+def test_a_blown_up_loss_overrules_a_summary_that_says_completed(sweep):
+    (run,) = sweep.glob("003_*")  # the diverging baseline run
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(status="completed", diverged=False, divergence_step=None)
+    (run / "summary.json").write_text(json.dumps(summary))
+    (loaded,) = [r for r in load_runs(sweep) if r.path == run]
+    result = outcome(loaded, target=0.9)
+    assert (result.status, result.divergence_step, result.source) == ("diverged", 60, "summary")
+    assert result.note == "train/loss blew up from step 60; summary.json says completed"
 
 
 def test_without_diagnostics_the_report_says_what_it_left_out(tmp_path):

@@ -167,11 +167,19 @@ def test_threads_per_job(launcher, cores, expected):
     assert threads_per_job(launcher, cores) == expected
 
 
-def test_torch_threads_callback_sets_torch_threads(compose_cfg):
+def test_torch_threads_callback_sets_torch_threads_in_a_multirun(compose_cfg):
+    cfg = compose_cfg(["hydra/launcher=joblib", "hydra.launcher.n_jobs=64"])
     before = torch.get_num_threads()
     try:
-        TorchThreads(threads=1).on_job_start(compose_cfg())
-        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        TorchThreads().on_job_start(cfg)
+        assert torch.get_num_threads() == 2  # a single run keeps its threads
+        with read_write(cfg.hydra):
+            cfg.hydra.mode = RunMode.MULTIRUN
+        TorchThreads().on_job_start(cfg)
+        assert torch.get_num_threads() == 1  # 64 jobs share the cores
+        TorchThreads(threads=2).on_job_start(cfg)
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
     with pytest.raises(ConfigError, match="threads=0: must be >= 1"):

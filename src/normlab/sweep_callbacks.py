@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from normlab.errors import ConfigError
@@ -41,7 +42,7 @@ def threads_per_job(launcher: DictConfig | dict, cores: int) -> int | None:
 
 
 class TorchThreads(Callback):
-    """Set ``torch.set_num_threads`` at the start of each job.
+    """Set ``torch.set_num_threads`` at the start of each job of a multirun.
 
     Args:
         threads: threads per job; ``None``: derived from the launcher (see ``threads_per_job``).
@@ -61,6 +62,8 @@ class TorchThreads(Callback):
         self.threads = threads
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return  # a single run has the machine to itself
         threads = self.threads or threads_per_job(config.hydra.launcher, available_cores())
         if threads is not None:
             import torch  # already imported by the task; kept out of the sweep's main process

@@ -154,6 +154,8 @@ def _draw_percentiles(ax: Axes, group: Group | None, compared: str, panel: str) 
     run = next((r for r in group.runs if r.activation_module), None) if group else None
     if run is None:
         ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
+        ax.set_xticks([])
+        ax.set_yticks([])
         return
     styles = {"p15": ":", "p50": "-", "p85": "--"}
     for p in PERCENTILES:

@@ -155,7 +155,7 @@ def run_table(report: Report) -> list[str]:
             "" if o.global_step is None else str(o.global_step),
             "" if o.divergence_step is None else str(o.divergence_step),
             o.source,
-            o.error or ("never started" if o.status == "missing" else ""),
+            o.error or o.note or ("never started" if o.status == "missing" else ""),
         ])  # fmt: skip
     return [_row(r) for r in rows]
 

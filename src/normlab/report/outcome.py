@@ -49,6 +49,7 @@ class Outcome:
     max_grad_norm: float | None = None
     global_step: int | None = None
     error: str | None = None
+    note: str | None = None  # how the status was decided, when the sources disagree
 
     @property
     def diverged(self) -> bool:
@@ -77,8 +78,12 @@ def outcome(run: Run, target: float) -> Outcome:
     status = str(summary.get("status", "partial"))
     if status not in STATUSES:
         status = "partial"
-    if status == "completed" and (summary.get("diverged") or from_events["divergence_step"] is not None):
+    note = None
+    if status == "completed" and summary.get("diverged"):
+        status = "diverged"
+    elif status == "completed" and from_events["divergence_step"] is not None:
         status = "diverged"  # the summary's own test may be narrower (non-finite values only)
+        note = f"train/loss blew up from step {from_events['divergence_step']}; summary.json says completed"
     fields = {
         "final_val_acc": _number(summary.get("final_val_acc")),
         "best_val_acc": _number(summary.get("best_val_acc")),
@@ -99,6 +104,7 @@ def outcome(run: Run, target: float) -> Outcome:
         source="summary",
         test_acc=from_events["test_acc"],
         error=" ".join(str(error).split()) if error else None,
+        note=note,
         **merged,
     )
 
