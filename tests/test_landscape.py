@@ -32,7 +32,8 @@ ALL_AT = dict.fromkeys(INSTRUMENTS, 1)
 
 
 class Tiny(L.LightningModule):
-    """Linear-BN-ReLU-dropout-linear with a metric, self.log and a dict output; SGD with momentum."""
+    """Linear-BN-ReLU-dropout-linear with a metric, a list of predictions, self.log and a dict output;
+    SGD with momentum."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -42,11 +43,13 @@ class Tiny(L.LightningModule):
             )
         )
         self.acc = MulticlassAccuracy(3)
+        self.predictions: list[torch.Tensor] = []  # Python state a probe must not add to
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self.net(x)
         self.acc.update(logits, y)
+        self.predictions.append(logits.detach().argmax(1))
         loss = F.cross_entropy(logits, y)
         self.log("train/loss", loss)
         return {"loss": loss}
@@ -127,6 +130,7 @@ def snapshot(module: L.LightningModule, optimizer: torch.optim.Optimizer) -> dic
         "grads": {k: None if v.grad is None else v.grad.clone() for k, v in module.named_parameters()},
         "buffers": {k: v.clone() for k, v in module.named_buffers()},
         "metric": {k: v.clone() for k, v in module.acc.metric_state.items()} | {"count": module.acc.update_count},
+        "predictions": {str(i): p.clone() for i, p in enumerate(module.predictions)},
         "optimizer": copy.deepcopy(optimizer.state_dict()),
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": np.random.get_state()[1].copy(),
@@ -162,6 +166,36 @@ def test_training_goes_on_as_if_no_probe_had_run(tmp_path: Path) -> None:
     state_a = snapshot(plain, trainer_a.optimizers[0])
     trainer_b, probed, _ = fit(tmp_path / "b", LandscapeProbes(**ALL_AT), steps=6)
     assert_identical(state_a, snapshot(probed, trainer_b.optimizers[0]), "after 6 steps")
+
+
+def test_the_template_classifier_trains_the_same_with_every_probe(tmp_path: Path) -> None:
+    # Classifier keeps predictions in a list between metric updates: the probes must not add to it.
+    def run(*callbacks: L.Callback) -> tuple[dict[str, torch.Tensor], list]:
+        L.seed_everything(0, verbose=False)
+        net = {"_target_": "normlab.models.MLP", "input_shape": [1, 8, 8], "num_classes": 10, "norm": "batch"}
+        module = Classifier(net=net, num_classes=10, optimizer={"_target_": "torch.optim.SGD", "_partial_": True})
+        datamodule = DigitsDataModule(batch_size=64, input_shape=[1, 8, 8], num_classes=10)
+        logger = Recorder()
+        trainer = L.Trainer(
+            max_steps=25,
+            logger=logger,
+            callbacks=list(callbacks),
+            default_root_dir=tmp_path,
+            limit_val_batches=0,
+            log_every_n_steps=4,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+        trainer.fit(module, datamodule=datamodule)
+        logged = [(s, {k: v for k, v in m.items() if not k.startswith("landscape/")}) for s, m in logger.calls]
+        return dict(module.state_dict()), [(s, m) for s, m in logged if m]
+
+    plain = run()
+    probed = run(LandscapeProbes(**dict.fromkeys(INSTRUMENTS, 10)))
+    assert_identical(plain[0], probed[0], "state_dict")
+    assert any("train/acc" in m for _, m in plain[1])  # an epoch ended: its accuracy is compared too
+    assert plain[1] == probed[1]
 
 
 def test_each_instrument_logs_its_tags_at_its_cadence_in_one_write_per_step(tmp_path: Path) -> None:

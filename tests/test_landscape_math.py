@@ -143,17 +143,22 @@ class Noisy(L.LightningModule):
             )
         )
         self.acc = MulticlassAccuracy(3)
+        self.pending: list[torch.Tensor] = []  # Python state, as a module that batches metric updates keeps
+        self.calls = 0
 
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self.net(x)
         self.acc.update(logits, y)
+        self.pending.append(logits.detach().argmax(1))
+        self.calls += 1
+        self.extra = "set inside"
         loss = F.cross_entropy(logits, y)
         self.log("train/loss", loss)  # without a trainer this would warn, unless muted
         return {"loss": loss}
 
 
-def test_sandbox_restores_buffers_metrics_and_random_state() -> None:
+def test_sandbox_restores_buffers_metrics_attributes_and_random_state() -> None:
     torch.manual_seed(0)
     module = Noisy().train()
     batch = (torch.randn(16, 4), torch.randint(0, 3, (16,)))
@@ -176,6 +181,7 @@ def test_sandbox_restores_buffers_metrics_and_random_state() -> None:
     assert torch.equal(torch.get_rng_state(), rng[0])
     assert np.array_equal(np.random.get_state()[1], rng[1]) and random.getstate() == rng[2]
     assert "log" not in vars(module)  # logging unmuted again
+    assert module.pending == [] and module.calls == 0 and not hasattr(module, "extra")
 
 
 def test_training_step_without_a_loss_is_a_config_error() -> None:

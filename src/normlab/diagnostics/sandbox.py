@@ -2,13 +2,15 @@
 
 The landscape probes evaluate the loss of the current batch many times, at moved parameters. A
 training step does more than compute its loss: it calls ``self.log``, updates torchmetrics, moves
-batch-norm running statistics and draws random numbers (dropout). ``sandboxed`` mutes the logging
-and, on exit, puts every buffer, metric state and random generator back bit for bit, so training
-goes on exactly as if no probe had run.
+batch-norm running statistics, draws random numbers (dropout) and may keep Python state (a list
+of predictions for a later metric update, a counter). ``sandboxed`` mutes the logging and, on
+exit, puts every buffer, metric state, submodule attribute and random generator back bit for bit,
+so training goes on exactly as if no probe had run.
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -71,7 +73,12 @@ class RandomState:
 
 @contextmanager
 def sandboxed(module: nn.Module) -> Iterator[Callable[[], None]]:
-    """Evaluate ``module`` freely inside; on exit its buffers, metric states and all RNGs are as before.
+    """Evaluate ``module`` freely inside; on exit its buffers, metric states, attributes and all RNGs
+    are as before.
+
+    Attributes are restored one level deep: a list, dict or set attribute of any submodule gets
+    its old items back in place, any other attribute its old object, and attributes added inside
+    are removed. Objects held inside those containers are not copied.
 
     Inside, a LightningModule's ``log`` and ``log_dict`` do nothing. The context yields a function
     that rewinds torch's generators to their state on entry: call it before each evaluation so that
@@ -84,6 +91,7 @@ def sandboxed(module: nn.Module) -> Iterator[Callable[[], None]]:
             loss = training_step_loss(model, batch, 0)
     """
     buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
+    attributes = [(vars(m), _attribute_state(m)) for m in module.modules()]
     metrics = [(m, _metric_state(m)) for m in module.modules() if isinstance(m, Metric)]
     rng = RandomState.capture()
     unmute = _muted(module)
@@ -91,6 +99,8 @@ def sandboxed(module: nn.Module) -> Iterator[Callable[[], None]]:
         yield rng.restore_torch
     finally:
         unmute()
+        for attrs, state in attributes:
+            _restore_attributes(attrs, state)
         with torch.no_grad():
             for name, saved in buffers.items():
                 module.get_buffer(name).copy_(saved)
@@ -113,6 +123,26 @@ def _muted(module: nn.Module) -> Callable[[], None]:
 
 def _ignore(*args: Any, **kwargs: Any) -> None:
     return None
+
+
+_CONTAINERS = (list, dict, set)
+
+
+def _attribute_state(module: nn.Module) -> dict[str, tuple[Any, Any]]:
+    """Each attribute's object and, for a list, dict or set, a copy of its items."""
+    return {k: (v, copy.copy(v) if isinstance(v, _CONTAINERS) else None) for k, v in vars(module).items()}
+
+
+def _restore_attributes(attrs: dict[str, Any], state: dict[str, tuple[Any, Any]]) -> None:
+    for name in [k for k in attrs if k not in state]:
+        del attrs[name]
+    for name, (value, items) in state.items():
+        if isinstance(value, list):
+            value[:] = items
+        elif isinstance(value, dict | set):
+            value.clear()
+            value.update(items)
+        attrs[name] = value
 
 
 def _metric_state(metric: Metric) -> tuple[dict[str, Any], int, Any]:
