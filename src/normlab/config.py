@@ -10,6 +10,7 @@ and ``validate`` checks them all before anything runs.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,12 +201,45 @@ class LandscapeSchema:
     summary_path: str | None = None
 
 
+class OnNonfinite(str, enum.Enum):
+    stop = "stop"  # stop the Trainer cleanly at the first non-finite loss or gradient
+    warn = "warn"  # record it, warn once and go on
+
+
+@dataclass
+class DiagnosticsSchema:
+    """``normlab.diagnostics.TrainingDiagnostics``: what it watches, how often, and what it does
+    when a loss or gradient stops being finite."""
+
+    _target_: str = "normlab.diagnostics.TrainingDiagnostics"
+    log_every_n_steps: int = at_least(1, 50)
+    dense_every_n_steps: int = at_least(1, 10)
+    dense_until_step: int = at_least(0, 50)
+    types: list[str] = field(
+        default_factory=lambda: [
+            *("Linear", "Conv1d", "Conv2d", "Conv3d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"),
+            *("ReLU", "ReLU6", "LeakyReLU", "ELU", "GELU", "SiLU", "Sigmoid", "Tanh"),
+        ]
+    )
+    include: list[str] = field(default_factory=lambda: ["*"])
+    exclude: list[str] = field(default_factory=list)
+    bins: int = at_least(1, 80)
+    hist_range: list[float] = field(default_factory=lambda: [-8.0, 8.0])
+    percentiles: list[float] = field(default_factory=lambda: [15.0, 50.0, 85.0], metadata={"each_ge": 0})
+    saturation_threshold: float = field(default=0.95, metadata={"gt": 0, "lt": 1})
+    on_nonfinite: OnNonfinite = OnNonfinite.stop
+    reduce_histograms: bool = True
+    val_metric: str = "val/acc"
+    target_acc: float = at_least(0, 0.9)
+    summary_path: str | None = None
+
+
 SCHEMAS = {
     "model": {"mlp": MLPSchema, "cnn": CNNSchema},
     "data": {"digits": DigitsSchema, "synthetic": SyntheticSchema, "mnist": MNISTSchema},
     "optimizer": {"sgd": SGDSchema, "adam": AdamSchema},
     "trainer": {"trainer": TrainerSchema},
-    "callbacks": {"landscape": LandscapeSchema},
+    "callbacks": {"landscape": LandscapeSchema, "diagnostics": DiagnosticsSchema},
 }
 
 

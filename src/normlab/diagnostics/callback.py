@@ -1,0 +1,488 @@
+"""``TrainingDiagnostics``: activation, weight and gradient health of any LightningModule, streamed to
+TensorBoard at a cost low enough to leave on, with divergence detection and a run summary."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from torch import Tensor
+
+from normlab.diagnostics.activations import ActivationLayout
+from normlab.diagnostics.divergence import batch_is_finite, locate_gradient, locate_loss
+from normlab.diagnostics.parameters import ParameterLayout
+from normlab.diagnostics.stats import Bins
+from normlab.diagnostics.summary import HPARAM_METRICS, RunSummary, merge_json
+from normlab.diagnostics.watch import DEFAULT_TYPES, ActivationRecorder, parameter_layers, select_modules
+from normlab.diagnostics.writer import (
+    SummaryTemplate,
+    custom_scalars_layout,
+    tensorboard_logger,
+    use_fast_checksums,
+    write_summary,
+)
+
+ON_NONFINITE = ("stop", "warn")
+# Logging steps whose numbers wait on the device, to be moved to the host and written together:
+# at most this many, for at most this long.
+WRITE_BATCH = 32
+WRITE_SECONDS = 1.0
+
+
+@dataclass
+class _Step:
+    """What one logging step has gathered, as device tensors until it is written."""
+
+    step: int
+    seconds: float = 0.0  # time its hooks took
+    layout: ActivationLayout | None = None
+    activations: dict[str, Tensor] | None = None
+    params: dict[str, Any] | None = None
+    loss: float | None = None
+
+    def tensors(self) -> dict[str, Tensor]:
+        """Its 1-D device tensors, by name."""
+        out = {f"act.{k}": v for k, v in (self.activations or {}).items()}
+        out.update({f"params.{k}": v for k, v in (self.params or {}).items() if isinstance(v, Tensor)})
+        return out
+
+    def group(self, tensors: dict[str, Tensor]) -> tuple:
+        """Steps of one group have tensors of the same shapes: their numbers are derived together."""
+        present = self.params["present"] if self.params else None
+        return (id(self.layout), present, tuple(tensors), self.loss is not None)
+
+
+class TrainingDiagnostics(L.Callback):
+    """Activation distributions, weight and gradient health and non-finite detection, in TensorBoard.
+
+    Works with any LightningModule. On each logging step (counted in optimizer steps) forward
+    hooks record the watched modules' outputs for that step only; every statistic is computed on
+    the tensors' device with fixed histogram bins and moved to the host once, and the step's
+    scalars and histograms are written as one TensorBoard event (rank zero). Every step the
+    global gradient norm and the loss are checked: the first non-finite one is traced to a layer
+    and, by default, stops the run cleanly. At the end of training a summary goes to
+    ``summary.json`` and to the HParams tab.
+
+    Args:
+        log_every_n_steps: cadence in optimizer steps (step 0 included). Default 50.
+        dense_every_n_steps: a denser cadence for the first steps, where instability shows. Default 10.
+        dense_until_step: the dense cadence applies to steps below this; 0 turns it off. Default 50.
+        types: class names of the modules to watch (a subclass matches too). Default: linear and
+            conv layers (pre-activations), batch norms and the usual activations.
+        include: ``fnmatch`` patterns of module names to watch, as the tags show them. Default ``["*"]``.
+        exclude: patterns of module names not to watch. Default none.
+        bins: histogram bins per module; percentiles and saturation are read from bins 8 times
+            finer. Default 80.
+        hist_range: ``[low, high]`` of the histograms; sigmoid and tanh outputs use their own
+            bounds instead. Values outside fall into the edge bins. Default ``[-8, 8]``.
+        percentiles: percentiles logged per module. Default ``[15, 50, 85]`` (Ioffe & Szegedy, Fig. 1).
+        saturation_threshold: a sigmoid or tanh output is saturated beyond this fraction of the
+            way from the middle of its range to either bound. Default 0.95.
+        on_nonfinite: ``stop`` (stop the Trainer cleanly) or ``warn`` on the first non-finite loss
+            or gradient. Default ``stop``.
+        reduce_histograms: under data parallelism, sum the activation histograms and moments of
+            all ranks before the statistics are taken. Default ``True``.
+        val_metric: the validation accuracy metric of the summary. Default ``val/acc``.
+        target_acc: accuracy whose first reaching gives ``steps_to_target``. Default 0.9.
+        summary_path: JSON file of the run summary; default ``summary.json`` in ``trainer.log_dir``.
+
+    Raises:
+        ValueError: a cadence below 1 (below 0 for ``dense_until_step``), ``bins`` below 1, an
+            empty or reversed ``hist_range``, a percentile outside [0, 100], a
+            ``saturation_threshold`` outside (0, 1), or an unknown ``on_nonfinite``.
+
+    Example::
+
+        from lightning.pytorch import Trainer
+        from lightning.pytorch.loggers import TensorBoardLogger
+        from normlab.diagnostics import TrainingDiagnostics
+
+        trainer = Trainer(logger=TensorBoardLogger("runs"), callbacks=[TrainingDiagnostics(log_every_n_steps=20)])
+
+    Logged (``M`` a watched module, ``B`` a watched batch norm, ``L`` a layer owning parameters,
+    named as in ``named_modules()`` without a first component they all share):
+        ``act/M`` (histogram), ``act/M/p15|p50|p85`` (per ``percentiles``), ``act/M/mean``,
+        ``act/M/std``, ``act/M/nonfinite``, ``act/M/saturated`` (sigmoid, tanh), ``act/M/dead``
+        (ReLU); ``bn/B/batch_mean_drift``, ``bn/B/batch_var_drift``, ``bn/B/gamma_mean``,
+        ``bn/B/beta_mean``; ``weight_norm/L``, ``grad_norm/L``, ``update_ratio/L``,
+        ``grad_nonfinite/L``; ``grad_norm/global``, ``diag/loss``, ``diag/time_ms``; at the end
+        ``summary/diverged``, ``summary/divergence_step``, ``summary/max_grad_norm``,
+        ``summary/final_grad_norm``, ``summary/final_val_acc``, ``summary/best_val_acc``,
+        ``summary/steps_to_target``.
+    """
+
+    def __init__(
+        self,
+        log_every_n_steps: int = 50,
+        dense_every_n_steps: int = 10,
+        dense_until_step: int = 50,
+        types: Sequence[str] = DEFAULT_TYPES,
+        include: Sequence[str] = ("*",),
+        exclude: Sequence[str] = (),
+        bins: int = 80,
+        hist_range: Sequence[float] = (-8.0, 8.0),
+        percentiles: Sequence[float] = (15, 50, 85),
+        saturation_threshold: float = 0.95,
+        on_nonfinite: str = "stop",
+        reduce_histograms: bool = True,
+        val_metric: str = "val/acc",
+        target_acc: float = 0.9,
+        summary_path: str | None = None,
+    ) -> None:
+        if log_every_n_steps < 1 or dense_every_n_steps < 1 or dense_until_step < 0:
+            raise ValueError(
+                "log_every_n_steps and dense_every_n_steps must be >= 1 and dense_until_step >= 0, got "
+                f"{log_every_n_steps}, {dense_every_n_steps}, {dense_until_step}"
+            )
+        if len(hist_range) != 2:
+            raise ValueError(f"hist_range must be [low, high], got {list(hist_range)}")
+        self.bins = Bins(float(hist_range[0]), float(hist_range[1]), int(bins))  # checks range and count
+        if not all(0 <= q <= 100 for q in percentiles):
+            raise ValueError(f"percentiles must lie in [0, 100], got {list(percentiles)}")
+        if not 0 < saturation_threshold < 1:
+            raise ValueError(f"saturation_threshold must lie in (0, 1), got {saturation_threshold}")
+        if on_nonfinite not in ON_NONFINITE:
+            raise ValueError(f"on_nonfinite can be {ON_NONFINITE}, got {on_nonfinite!r}")
+        self.log_every_n_steps = log_every_n_steps
+        self.dense_every_n_steps = dense_every_n_steps
+        self.dense_until_step = dense_until_step
+        self.types = list(types)
+        self.include, self.exclude = list(include), list(exclude)
+        self.percentiles = sorted(float(q) for q in percentiles)
+        self.saturation_threshold = saturation_threshold
+        self.on_nonfinite = str(getattr(on_nonfinite, "value", on_nonfinite))  # a config enum arrives as such
+        self.reduce_histograms = reduce_histograms
+        self.val_metric = val_metric
+        self.summary_path = summary_path
+        self.summary = RunSummary(target_acc=target_acc)
+        self.hparam_metrics = list(HPARAM_METRICS)
+
+        self._recorder = ActivationRecorder([])
+        self._parameters = ParameterLayout([])
+        self._layouts: dict[tuple, ActivationLayout] = {}
+        self._templates: dict[tuple, SummaryTemplate] = {}
+        self._pending: _Step | None = None  # the logging step under way
+        self._outputs: Tensor | None = None  # its watched outputs, concatenated, until the histograms
+        self._unwritten: list[_Step] = []
+        self._unwritten_since = 0.0
+        self._batch: Any = None
+        self._scaler = False
+        self._writing = False
+        self._summary_file: Path | None = None
+
+    def is_logging_step(self, step: int) -> bool:
+        dense = step < self.dense_until_step and step % self.dense_every_n_steps == 0
+        return dense or step % self.log_every_n_steps == 0
+
+    # ------------------------------------------------------------------------- setup
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        self._recorder = ActivationRecorder(select_modules(pl_module, self.types, self.include, self.exclude))
+        self._parameters = ParameterLayout(parameter_layers(pl_module))
+        self._scaler = getattr(trainer.precision_plugin, "scaler", None) is not None
+        logger = tensorboard_logger(trainer)
+        self._writing = logger is not None and not trainer.fast_dev_run
+        if self._writing:
+            use_fast_checksums()
+        log_dir = trainer.log_dir  # a collective under DDP: resolved here, on every rank
+        self._summary_file = Path(self.summary_path or Path(log_dir or trainer.default_root_dir) / "summary.json")
+        if logger is None:
+            rank_zero_warn("TrainingDiagnostics: no TensorBoardLogger, so only divergence and summary.json are kept")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._writing and trainer.is_global_zero:
+            modules = [w.name for w in self._recorder.watched]
+            layers = [layer.name for layer in self._parameters.layers]
+            percentiles = [f"p{q:g}" for q in self.percentiles]
+            tensorboard_logger(trainer).experiment.add_custom_scalars(
+                custom_scalars_layout(modules, percentiles, layers)
+            )
+
+    def _loss_scale(self, trainer: L.Trainer) -> float:
+        """The factor by which a GradScaler multiplied the loss handed to ``on_before_backward``."""
+        return trainer.precision_plugin.scaler.get_scale() if self._scaler else 1.0
+
+    def _computes(self, trainer: L.Trainer) -> bool:
+        # every rank computes when histograms are summed across ranks; only rank zero writes
+        return self._writing and (trainer.is_global_zero or self._reduces(trainer))
+
+    def _reduces(self, trainer: L.Trainer) -> bool:
+        return self.reduce_histograms and trainer.world_size > 1
+
+    # ------------------------------------------------------------------------- per-step hooks
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        self._batch = batch
+        step = trainer.global_step
+        if self._pending is not None or not self.is_logging_step(step) or not self._computes(trainer):
+            return
+        start = time.perf_counter()
+        self._pending = _Step(step)
+        if self._recorder.watched:
+            self._recorder.attach()
+        self._pending.seconds += time.perf_counter() - start
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        record = self._pending
+        if not self._recorder.attached:
+            loss_value = loss.item()  # the one sync of an ordinary step
+        else:  # the forward pass of a logging step is over
+            start = time.perf_counter()
+            with torch.no_grad():
+                loss_value = self._activation_statistics(trainer, loss)
+            record.seconds += time.perf_counter() - start
+        if record is not None and record.loss is None:
+            record.loss = loss_value / self._loss_scale(trainer)
+        if not math.isfinite(loss_value) and not self.summary.diverged:
+            step = trainer.global_step
+            if record is None and self._computes(trainer):  # keep this step's weights and gradients
+                self._pending = _Step(step)
+            activations = self._activations_finite(step)
+            layer, source, back = locate_loss(batch_is_finite(self._batch), activations, self._parameters.layers)
+            self._diverged(trainer, step - back, layer, source)
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
+        record = self._pending
+        if record is None or record.step != trainer.global_step or record.params is not None:
+            return
+        start = time.perf_counter()
+        present = self._parameters.with_grad()
+        if not present:
+            return
+        record.params = self._parameters.before_step(present)
+        grad_norms = self._parameters.layer_grad_norms(record.params)
+        grad_norm = math.sqrt(math.fsum(g * g for g in grad_norms))
+        self.summary.observe_grad_norm(grad_norm)
+        if not math.isfinite(grad_norm):
+            self._parameters.count_nonfinite(record.params)
+            # under a GradScaler non-finite gradients are routine: the scaler skips that step
+            if not self._scaler and not self.summary.diverged:
+                finite = [math.isfinite(g) for g in grad_norms]
+                self._diverged(trainer, record.step, locate_gradient(self._parameters.layers, finite), "gradient")
+        record.seconds += time.perf_counter() - start
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        record = self._pending
+        if record is not None:
+            start = time.perf_counter()
+            if self._recorder.attached:  # a batch without a backward pass
+                self._activation_tensors(trainer)
+                if record.activations is not None:
+                    record.layout.histograms(record.activations, self._outputs, finite=False)
+                    self._outputs = None
+            if trainer.global_step > record.step:  # the optimizer has stepped: the update is known
+                self._pending = None
+                if record.params is not None:
+                    self._parameters.after_step(record.params)
+                if trainer.is_global_zero:
+                    if not self._unwritten:
+                        self._unwritten_since = time.perf_counter()
+                    self._unwritten.append(record)
+            record.seconds += time.perf_counter() - start
+        if self._unwritten and (
+            len(self._unwritten) >= WRITE_BATCH
+            or time.perf_counter() - self._unwritten_since >= WRITE_SECONDS
+            or self.summary.diverged
+        ):
+            self._write(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._unwritten:
+            self._write(trainer)
+
+    # ------------------------------------------------------------------------- statistics
+    def _activation_statistics(self, trainer: L.Trainer, loss: Tensor) -> float:
+        """Compute a logging step's activation statistics on the device; return the loss, which
+        comes to the host with the moments that tell whether the outputs were finite."""
+        self._activation_tensors(trainer)
+        record = self._pending
+        act = record.activations
+        checks = [loss.detach().reshape(1)] + ([act["moments"]] if act is not None else [])
+        loss_value, *moments = torch.cat(checks).tolist()
+        if act is not None:
+            reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if self._reduces(trainer) else None
+            record.layout.histograms(act, self._outputs, ActivationLayout.finite(moments), reduce)
+            self._outputs = None
+        return loss_value
+
+    @torch.no_grad()
+    def _activation_tensors(self, trainer: L.Trainer) -> None:
+        """Detach the hook and start the step's activation statistics on the device."""
+        recorder, record = self._recorder, self._pending
+        recorder.detach()
+        if not recorder.outputs:
+            rank_zero_warn(
+                "TrainingDiagnostics: none of the watched modules ran while the hook was attached (a "
+                "torch.compile'd model runs without it); activation statistics are off for this run"
+            )
+            self._recorder = ActivationRecorder([])
+            return
+        indices = tuple(sorted(recorder.outputs))
+        outputs = [recorder.outputs[i] for i in indices]
+        layout = self._layout(indices, outputs)
+        bn_inputs = [recorder.bn_inputs[indices[s]] for s in layout.batchnorms]
+        record.activations, self._outputs = layout.tensors(outputs, bn_inputs, recorder.running)
+        record.layout = layout
+        recorder.release()
+
+    def _layout(self, indices: tuple[int, ...], outputs: list[Tensor]) -> ActivationLayout:
+        """The layout of these modules' outputs, built on the first step that has their shapes."""
+        key = (outputs[0].device, indices, tuple(o.shape for o in outputs))
+        layout = self._layouts.get(key)
+        if layout is None:
+            offsets = self._recorder.running_offsets()
+            watched = [self._recorder.watched[i] for i in indices]
+            running = {s: offsets[i] for s, i in enumerate(indices) if i in offsets}
+            size = 2 * sum(w.module.num_features for w in self._recorder.watched if w.batchnorm)
+            layout = ActivationLayout(
+                watched, outputs, running, size, self.bins, self.percentiles, self.saturation_threshold
+            )
+            self._layouts[key] = layout
+        return layout
+
+    def _activations_finite(self, step: int) -> list[tuple[str, bool]]:
+        """Whether each watched module's output was finite on this step, in the order they ran
+        (nothing when the step recorded none)."""
+        record = self._pending
+        if record is None or record.step != step or record.activations is None:
+            return []
+        total = record.activations["cumulative"].view(record.layout.segments, -1)
+        before = torch.cat([total.new_zeros(1), total[:-1, -1]])
+        finite = (total[:, 0] == before).tolist()  # nothing in slot 0: no NaN or Inf
+        names = [w.name for w in self._recorder.watched]
+        by_index = dict(zip(sorted(self._recorder.fired), finite, strict=True))
+        return [(names[i], by_index[i]) for i in self._recorder.fired]
+
+    # ------------------------------------------------------------------------- writing
+    @torch.no_grad()
+    def _write(self, trainer: L.Trainer) -> None:
+        """Move the waiting steps' tensors to the host in one copy, derive their statistics group by
+        group, and write one event per step."""
+        records, self._unwritten = self._unwritten, []
+        start = time.perf_counter()
+        groups: dict[tuple, list[tuple[_Step, dict[str, Tensor]]]] = {}
+        for record in records:
+            tensors = record.tensors()
+            groups.setdefault(record.group(tensors), []).append((record, tensors))
+        derived = [(members, *self._group_values(members, batch)) for members, batch in _to_host(list(groups.values()))]
+        shared = (time.perf_counter() - start) / len(records)  # the host's work, split among the steps
+        events: dict[int, bytes] = {}
+        for members, tags, table, histograms, specs in derived:
+            seconds = np.array([[r.seconds + shared] for r in members]) * 1000
+            template = self._template([*tags, "diag/time_ms"], specs)
+            encoded = template.encode(np.concatenate([table, seconds], axis=1), histograms)
+            events.update({r.step: data for r, data in zip(members, encoded, strict=True)})
+        logger = tensorboard_logger(trainer)
+        for record in records:
+            write_summary(logger, record.step, events[record.step])
+
+    def _group_values(
+        self, records: list[_Step], batch: dict[str, np.ndarray]
+    ) -> tuple[list[str], np.ndarray, np.ndarray | None, list]:
+        """Tags, scalars ``(steps, tags)``, histograms and their ``(tag, edges)`` of steps whose
+        tensors have the same shapes."""
+        first = records[0]
+        tags: list[str] = []
+        columns: list[np.ndarray] = []
+        histograms, specs = None, []
+        if first.params is not None:
+            params = {k.split(".", 1)[1]: v for k, v in batch.items() if k.startswith("params.")}
+            tags += self._parameters.tags
+            columns.append(self._parameters.values(params, first.params["present"]))
+        if first.layout is not None:
+            act = {k.split(".", 1)[1]: v for k, v in batch.items() if k.startswith("act.")}
+            values, histograms = first.layout.values(act)
+            tags += first.layout.tags
+            columns.append(values)
+            specs = first.layout.histogram_specs
+        if first.loss is not None:
+            tags.append("diag/loss")
+            columns.append(np.array([[r.loss] for r in records]))
+        table = np.concatenate(columns, axis=1) if columns else np.zeros((len(records), 0))
+        return tags, table, histograms, specs
+
+    def _template(self, tags: list[str], histograms: list) -> SummaryTemplate:
+        key = (tuple(tags), tuple(tag for tag, _ in histograms))
+        template = self._templates.get(key)
+        if template is None:
+            template = self._templates[key] = SummaryTemplate(tags, histograms)
+        return template
+
+    # ------------------------------------------------------------------------- divergence
+    def _diverged(self, trainer: L.Trainer, step: int, layer: str, source: str) -> None:
+        self.summary.mark_diverged(step, layer, source)
+        action = "stopping" if self.on_nonfinite == "stop" else "going on"
+        if self.on_nonfinite == "stop":
+            trainer.should_stop = True
+        rank_zero_warn(
+            f"non-finite {source} at step {step} in layer {layer}: {action} (on_nonfinite={self.on_nonfinite})"
+        )
+
+    # ------------------------------------------------------------------------- end of training
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
+            return
+        value = trainer.callback_metrics.get(self.val_metric)
+        if value is not None:
+            self.summary.observe_validation(float(value), trainer.global_step)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._recorder.detach()
+        self._pending = None  # a step the optimizer never finished
+        if self._unwritten:
+            self._write(trainer)
+        self.summary.global_step = trainer.global_step
+        if trainer.fast_dev_run or self._summary_file is None:
+            return
+        self._write_summary(trainer)
+
+    @rank_zero_only
+    def _write_summary(self, trainer: L.Trainer) -> None:
+        merge_json(self._summary_file, self.summary.as_dict())
+        logger = tensorboard_logger(trainer)
+        if logger is not None:
+            scalars = self.summary.hparam_scalars()
+            data = SummaryTemplate(list(scalars)).encode(np.array([list(scalars.values())]))[0]
+            write_summary(logger, trainer.global_step, data)
+        if self.summary.diverged:
+            print(
+                f"diverged at step {self.summary.divergence_step} in layer {self.summary.divergence_layer}", flush=True
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary.as_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.summary.load(state_dict.get("summary", {}))
+
+
+def _to_host(
+    groups: list[list[tuple[_Step, dict[str, Tensor]]]],
+) -> list[tuple[list[_Step], dict[str, np.ndarray]]]:
+    """One device-to-host copy for all the tensors of several groups of steps; each group comes back
+    as ``{name: (steps, size) array}`` (its steps' tensors have the same shapes)."""
+    flat = torch.cat([t for group in groups for _, tensors in group for t in tensors.values()]).cpu().numpy()
+    out, offset = [], 0
+    for group in groups:
+        first = group[0][1]
+        sizes = [t.numel() for t in first.values()]
+        block = flat[offset : offset + len(group) * sum(sizes)].reshape(len(group), -1)
+        ends = np.cumsum(sizes)
+        out.append(
+            ([r for r, _ in group], {key: block[:, e - n : e] for key, n, e in zip(first, sizes, ends, strict=True)})
+        )
+        offset += block.size
+    return out

@@ -1,0 +1,186 @@
+"""Which modules and parameters the diagnostics watch, their names, and the hooks that record outputs.
+
+The hook exists only while a logging step's forward pass runs: ``ActivationRecorder.attach``
+before it, ``detach`` right after, so every other step runs the model untouched.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.module import register_module_forward_hook
+from torch.utils.hooks import RemovableHandle
+
+# Output bounds of the saturating activations: their histograms span exactly this range.
+SATURATING = {"Sigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
+# Activations whose units die: zero output for every input.
+RECTIFIERS = frozenset({"ReLU", "ReLU6"})
+DEFAULT_TYPES = (
+    "Linear",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "BatchNorm3d",
+    "SyncBatchNorm",
+    "ReLU",
+    "ReLU6",
+    "LeakyReLU",
+    "ELU",
+    "GELU",
+    "SiLU",
+    "Sigmoid",
+    "Tanh",
+)
+
+
+@dataclass
+class Watched:
+    """A module whose output is recorded: its display name, the module and what kind of output it makes."""
+
+    name: str
+    module: nn.Module
+    kind: str  # the class name that matched, e.g. "Sigmoid"
+
+    @property
+    def saturating(self) -> bool:
+        return self.kind in SATURATING
+
+    @property
+    def rectifier(self) -> bool:
+        return self.kind in RECTIFIERS
+
+    @property
+    def batchnorm(self) -> bool:
+        return isinstance(self.module, _BatchNorm) and self.module.track_running_stats
+
+
+@dataclass
+class Layer:
+    """A module that owns parameters directly (``layer1.fc``: its weight and bias)."""
+
+    name: str
+    params: list[nn.Parameter] = field(default_factory=list)
+
+
+def display_names(names: Sequence[str]) -> list[str]:
+    """Names as the tags show them: without ``torch.compile``'s ``_orig_mod`` and without a first
+    component that all of them share (``net.layer1.fc`` -> ``layer1.fc``)."""
+    names = [".".join(p for p in n.split(".") if p != "_orig_mod") for n in names]
+    heads = {n.split(".", 1)[0] for n in names}
+    if len(heads) == 1 and all("." in n for n in names):
+        names = [n.split(".", 1)[1] for n in names]
+    return names
+
+
+def _kind(module: nn.Module, types: frozenset[str]) -> str | None:
+    """The first class in the module's MRO whose name is in ``types``."""
+    return next((c.__name__ for c in type(module).__mro__ if c.__name__ in types), None)
+
+
+def select_modules(
+    root: nn.Module, types: Iterable[str], include: Sequence[str] = ("*",), exclude: Sequence[str] = ()
+) -> list[Watched]:
+    """The submodules of ``root`` whose class (or a base class) is named in ``types`` and whose
+    display name matches a pattern of ``include`` and none of ``exclude`` (``fnmatch`` globs).
+
+    Returned in registration order, which is the forward order for sequential networks.
+    """
+    types = frozenset(types)
+    found = [(n, m, k) for n, m in root.named_modules() if n and (k := _kind(m, types))]
+    names = display_names([n for n, _, _ in found])
+    return [
+        Watched(name, module, kind)
+        for name, (_, module, kind) in zip(names, found, strict=True)
+        if any(fnmatch.fnmatchcase(name, p) for p in include) and not any(fnmatch.fnmatchcase(name, p) for p in exclude)
+    ]
+
+
+def parameter_layers(root: nn.Module) -> list[Layer]:
+    """Trainable parameters grouped by the module that registers them, in registration order.
+
+    A parameter of ``root`` itself forms a layer named after the parameter.
+    """
+    layers: list[Layer] = []
+    raw: list[str] = []
+    for module_name, module in root.named_modules():
+        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if module_name:
+            raw.append(module_name)
+            layers.append(Layer(module_name, [p for _, p in own]))
+        else:
+            for n, p in own:
+                raw.append(n)
+                layers.append(Layer(n, [p]))
+    for layer, name in zip(layers, display_names(raw), strict=True):
+        layer.name = name
+    return layers
+
+
+class ActivationRecorder:
+    """A forward hook that keeps a reference to each watched module's first output of a step.
+
+    It is one global hook (``register_module_forward_hook``) that recognises the watched modules
+    by identity: attaching and removing it costs one registration instead of one per module.
+    For the batch norms it also keeps their input and, taken when the hook is attached (before
+    the forward pass updates them), a copy of their running statistics: the train/eval drift.
+    """
+
+    def __init__(self, watched: Sequence[Watched]) -> None:
+        self.watched = list(watched)
+        self.outputs: dict[int, Tensor] = {}  # index in `watched` -> output, in firing order
+        self.bn_inputs: dict[int, Tensor] = {}
+        self.running: Tensor | None = None  # running means of the watched BNs, then their variances
+        self.fired: list[int] = []
+        self._index = {id(w.module): i for i, w in enumerate(self.watched)}
+        self._batchnorm = [w.batchnorm for w in self.watched]
+        self._handle: RemovableHandle | None = None
+
+    @property
+    def attached(self) -> bool:
+        return self._handle is not None
+
+    @property
+    def batchnorms(self) -> list[int]:
+        return [i for i, w in enumerate(self.watched) if w.batchnorm]
+
+    def running_offsets(self) -> dict[int, int]:
+        """Where each watched batch norm's running mean starts in ``running``."""
+        sizes = [self.watched[i].module.num_features for i in self.batchnorms]
+        return dict(zip(self.batchnorms, np.cumsum([0, *sizes[:-1]]).tolist(), strict=True))
+
+    def attach(self) -> None:
+        self.outputs, self.bn_inputs, self.fired = {}, {}, []
+        norms = [self.watched[i].module for i in self.batchnorms]
+        if norms:
+            with torch.no_grad():
+                self.running = torch.cat([m.running_mean for m in norms] + [m.running_var for m in norms]).float()
+        self._handle = register_module_forward_hook(self._hook)
+
+    def detach(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def release(self) -> None:
+        """Drop the references to the step's tensors; ``fired`` keeps the order in which the modules ran."""
+        self.fired = list(self.outputs)
+        self.outputs, self.bn_inputs, self.running = {}, {}, None
+
+    def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
+        i = self._index.get(id(module))
+        if i is None or i in self.outputs or not isinstance(output, Tensor):
+            return
+        self.outputs[i] = output  # read under no_grad only: no detach needed
+        if self._batchnorm[i] and args and isinstance(args[0], Tensor):
+            self.bn_inputs[i] = args[0]
