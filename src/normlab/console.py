@@ -128,6 +128,9 @@ def quiet_known_noise(resuming: bool = False) -> None:
     # Lightning (< 2.7) still builds torch's deprecated LeafSpec when it wraps the data loaders
     # (CombinedLoader); the warning is about Lightning's code, and the run is unaffected.
     warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+    # The Classifier moves its (inputs, targets) batches to the device itself, on purpose;
+    # Lightning says so whenever a module does that while a datamodule supplies the data.
+    warnings.filterwarnings("ignore", r"You have overridden `transfer_batch_to_device` in `LightningModule` but")
     # Advertisements for Lightning's cloud services at every run start, not about the run.
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_LIGHTNING_ADS)
     if resuming:
