@@ -176,8 +176,8 @@ class ActivationLayout:
         cdf = (total[:, :, 1:] - total[:, :, :1]).reshape(steps * segments, -1)
         n = cdf[:, -1]
         moments = host["moments"].astype(np.float64)
-        sums, norms = moments[:, :segments].ravel(), moments[:, segments:].ravel()
-        mean, std = stats.mean_std(n, sums, norms)
+        sums, squares = moments[:, :segments].ravel(), moments[:, segments:].ravel()
+        mean, std = stats.mean_std(n, sums, squares)
         pct = stats.percentiles(cdf, np.tile(self.low, steps), np.tile(self.width, steps), self.q)
         columns = [np.column_stack([pct, mean, std, nonfinite]).reshape(steps, -1)]
         if self.saturating:
@@ -207,5 +207,5 @@ class ActivationLayout:
             gamma, beta = np.split(host["affine"].astype(np.float64), 2, axis=1)
             means = [stats.group_means(gamma, self.affine_sizes), stats.group_means(beta, self.affine_sizes)]
             columns.append(np.stack(means, axis=2).reshape(steps, -1))
-        histograms = np.column_stack([n, sums, np.square(norms), stats.coarsen(cdf, FINE)])
+        histograms = np.column_stack([n, sums, squares, stats.coarsen(cdf, FINE)])
         return np.concatenate(columns, axis=1), histograms.reshape(steps, segments, -1)

@@ -113,7 +113,8 @@ def equal_runs(numels: Sequence[int]) -> list[tuple[int, int, int]]:
 
 
 def segment_moments(flat: Tensor, runs: Sequence[tuple[int, int, int]], exact: bool = False) -> Tensor:
-    """Sum and L2 norm of each segment: ``(2 * segments,)``, all sums first.
+    """Sum and sum of squares of each segment: ``(2 * segments,)``, all sums first (additive, so
+    that ranks can sum them).
 
     Segments of equal size are reduced as the rows of one matrix, so a network whose layers have
     the same width costs a couple of operations. A NaN or infinite value makes its segment's
@@ -125,13 +126,13 @@ def segment_moments(flat: Tensor, runs: Sequence[tuple[int, int, int]], exact: b
         exact: leave non-finite values out (in float64).
     """
     x = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0).double() if exact else flat
-    sums, norms, offset = [], [], 0
+    sums, squares, offset = [], [], 0
     for _, count, size in runs:
         rows = x[offset : offset + count * size].view(count, size)
         sums.append(rows.sum(1))
-        norms.append(torch.linalg.vector_norm(rows, dim=1))
+        squares.append(torch.linalg.vector_norm(rows, dim=1).square_())
         offset += count * size
-    return torch.cat(sums + norms)
+    return torch.cat(sums + squares)
 
 
 def channel_moments(inputs: Sequence[Tensor]) -> Tensor:
@@ -187,11 +188,11 @@ def percentiles(cdf: np.ndarray, low: np.ndarray, width: np.ndarray, q: np.ndarr
     return np.where(total > 0, value, np.nan)
 
 
-def mean_std(n: np.ndarray, sums: np.ndarray, norms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and population standard deviation from counts, sums and L2 norms; NaN where n = 0."""
+def mean_std(n: np.ndarray, sums: np.ndarray, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population standard deviation from counts, sums and sums of squares; NaN where n = 0."""
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums / n
-        var = np.maximum(np.square(norms) / n - mean * mean, 0)
+        var = np.maximum(squares / n - mean * mean, 0)
     return mean, np.sqrt(var)
 
 

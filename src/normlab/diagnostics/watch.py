@@ -157,7 +157,7 @@ class ActivationRecorder:
     def running_offsets(self) -> dict[int, int]:
         """Where each watched batch norm's running mean starts in ``running``."""
         sizes = [self.watched[i].module.num_features for i in self.batchnorms]
-        return dict(zip(self.batchnorms, np.cumsum([0, *sizes[:-1]]).tolist(), strict=True))
+        return dict(zip(self.batchnorms, np.cumsum([0, *sizes])[:-1].tolist(), strict=True))
 
     def attach(self) -> None:
         self.outputs, self.bn_inputs, self.fired = {}, {}, []

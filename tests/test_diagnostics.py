@@ -1,0 +1,270 @@
+"""TrainingDiagnostics in tiny real runs: tags, steps and histograms read back from the event files,
+hooks only on logging steps, divergence found at the right step and layer, the run summary, config."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from normlab.config import DiagnosticsSchema, validate
+from normlab.data import DigitsDataModule
+from normlab.diagnostics import TrainingDiagnostics
+from normlab.errors import ConfigError
+from normlab.module import Classifier
+
+
+class PlainNet(L.LightningModule):
+    """Not ours: a conv + batch norm + ReLU feature block and a linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+        self.classifier = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val/acc", (self(x).argmax(1) == y).float().mean())
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def loader() -> DataLoader:
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(96, 1, 6, 6, generator=g), torch.randint(0, 3, (96,), generator=g)), 16)
+
+
+def fit(tmp_path: Path, module: L.LightningModule, steps: int, *callbacks: L.Callback, **trainer) -> L.Trainer:
+    run = L.Trainer(
+        max_steps=steps,
+        logger=TensorBoardLogger(tmp_path, name="", version=""),
+        callbacks=list(callbacks),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **{"enable_checkpointing": False, **trainer},
+    )
+    run.fit(module, train_dataloaders=loader(), val_dataloaders=loader())
+    return run
+
+
+def events(run_dir: Path) -> EventAccumulator:
+    files = sorted(run_dir.glob("events.out.tfevents*"))
+    assert len(files) == 1, files
+    acc = EventAccumulator(str(files[0]), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    return acc
+
+
+class HookProbe(L.Callback):
+    """Counts the steps on which the diagnostics' forward hook was attached during the forward pass,
+    and checks that no hook is left on any other step (it runs before the diagnostics' hooks)."""
+
+    def __init__(self) -> None:
+        self.hooked_steps: list[int] = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        assert not torch.nn.modules.module._global_forward_hooks
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in pl_module.modules())
+
+    def on_before_backward(self, trainer, pl_module, loss) -> None:
+        if torch.nn.modules.module._global_forward_hooks:
+            self.hooked_steps.append(trainer.global_step)
+
+
+def test_plain_module_gets_every_tag_at_the_logging_steps(tmp_path: Path) -> None:
+    probe = HookProbe()
+    diagnostics = TrainingDiagnostics(log_every_n_steps=10, dense_every_n_steps=5, dense_until_step=10)
+    fit(tmp_path, PlainNet(), 25, probe, diagnostics, val_check_interval=6)
+    logging_steps = [0, 5, 10, 20]
+    assert probe.hooked_steps == logging_steps
+    assert not torch.nn.modules.module._global_forward_hooks
+
+    acc = events(tmp_path)
+    scalars, histograms = set(acc.Tags()["scalars"]), set(acc.Tags()["histograms"])
+    modules = {"features.0": "Conv2d", "features.1": "BatchNorm2d", "features.2": "ReLU", "classifier": "Linear"}
+    expected = {f"act/{m}/{s}" for m in modules for s in ("p15", "p50", "p85", "mean", "std", "nonfinite")}
+    expected |= {"act/features.2/dead"}
+    expected |= {f"bn/features.1/{s}" for s in ("batch_mean_drift", "batch_var_drift", "gamma_mean", "beta_mean")}
+    layers = ["features.0", "features.1", "classifier"]
+    expected |= {
+        f"{s}/{layer}" for layer in layers for s in ("weight_norm", "grad_norm", "update_ratio", "grad_nonfinite")
+    }
+    expected |= {"grad_norm/global", "diag/loss", "diag/time_ms", "summary/diverged", "summary/max_grad_norm"}
+    assert expected <= scalars, sorted(expected - scalars)
+    assert not {t for t in scalars if t.endswith("/saturated")}  # no sigmoid or tanh here
+    assert histograms == {f"act/{m}" for m in modules}
+    for tag in ("act/features.0/p50", "grad_norm/classifier", "bn/features.1/batch_var_drift", "diag/time_ms"):
+        assert [e.step for e in acc.Scalars(tag)] == logging_steps, tag
+    for event in acc.Histograms("act/features.1"):
+        assert len(event.histogram_value.bucket) == 80 and event.histogram_value.num == 16 * 4 * 6 * 6
+        assert (event.histogram_value.min, event.histogram_value.max) == (-8.0, 8.0)
+    p15, p50, p85 = (acc.Scalars(f"act/features.1/{p}")[-1].value for p in ("p15", "p50", "p85"))
+    assert p15 < p50 < p85
+    assert acc.Scalars("grad_norm/global")[0].value > 0
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["diverged"] is False and summary["global_step"] == 25
+    assert summary["max_grad_norm"] >= summary["final_grad_norm"] > 0
+    assert 0 <= summary["best_val_acc"] <= 1 and summary["target_acc"] == 0.9
+    assert set(diagnostics.hparam_metrics) >= {"summary/diverged", "summary/max_grad_norm", "summary/steps_to_target"}
+
+    restored = TrainingDiagnostics()
+    restored.load_state_dict(diagnostics.state_dict())
+    assert restored.summary.as_dict() == diagnostics.summary.as_dict()
+
+
+def sigmoid_input_std(tmp_path: Path, model: str) -> list[float]:
+    """The std of the third hidden layer's sigmoid input over a short digits run: the linear
+    layer's output without batch norm, the batch norm's output with it."""
+    net = {"_target_": "normlab.models.MLP", "input_shape": [1, 8, 8], "num_classes": 10, "norm": model}
+    module = Classifier(
+        net=net, num_classes=10, optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.5}
+    )
+    data = DigitsDataModule(batch_size=64, preprocess="normalize", input_shape=[1, 8, 8], num_classes=10)
+    torch.manual_seed(0)
+    run_dir = tmp_path / model
+    trainer = L.Trainer(
+        max_steps=300,
+        logger=TensorBoardLogger(run_dir, name="", version=""),
+        callbacks=[TrainingDiagnostics(log_every_n_steps=30, dense_until_step=0, include=["layer3.*"])],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+    )
+    trainer.fit(module, datamodule=data)
+    tag = "act/layer3.bn/std" if model == "batch" else "act/layer3.fc/std"
+    return [e.value for e in events(run_dir).Scalars(tag)]
+
+
+def test_batch_norm_keeps_the_sigmoid_input_std_near_one_while_the_baseline_drifts(tmp_path: Path) -> None:
+    bn, baseline = sigmoid_input_std(tmp_path, "batch"), sigmoid_input_std(tmp_path, "none")
+    assert len(bn) == len(baseline) == 10
+    assert all(0.75 < s < 1.5 for s in bn), bn  # normalized, then only gamma moves it
+    drift = max(baseline) / min(baseline)
+    assert drift > 2 and drift > 1.5 * max(bn) / min(bn) and min(baseline) < 0.5, baseline
+
+
+class InjectNaN(L.Callback):
+    """Puts NaN into what a module computes (through its input), or into a parameter's gradient, at one step."""
+
+    def __init__(self, step: int, module: str | None = None, grad_of: str | None = None) -> None:
+        self.step, self.module, self.grad_of = step, module, grad_of
+        self.now = -1
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.module:
+            pl_module.get_submodule(self.module).register_forward_pre_hook(self._input)
+        if self.grad_of:
+            pl_module.get_parameter(self.grad_of).register_hook(self._grad)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.now = trainer.global_step
+
+    def _input(self, module, args):
+        return (args[0] * float("nan"),) if module.training and self.now == self.step else args
+
+    def _grad(self, grad):
+        return grad * float("nan") if self.now == self.step else grad
+
+
+@pytest.mark.parametrize(
+    ("inject", "step", "layer", "source"),
+    [
+        (InjectNaN(10, module="features.1"), 10, "features.1", "activation"),  # a logging step: outputs recorded
+        (InjectNaN(7, grad_of="classifier.weight"), 7, "classifier", "update"),  # between logging steps
+        (InjectNaN(5, grad_of="classifier.weight"), 5, "classifier", "gradient"),  # a logging step
+    ],
+)
+def test_injected_nan_is_reported_at_its_step_and_layer(tmp_path, capsys, inject, step, layer, source) -> None:
+    diagnostics = TrainingDiagnostics(log_every_n_steps=10, dense_every_n_steps=5, dense_until_step=10)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "checkpoints", save_last=True)
+    trainer = fit(tmp_path, PlainNet(), 40, inject, diagnostics, checkpoint, enable_checkpointing=True)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["status"], summary["divergence_step"], summary["divergence_layer"]) == ("diverged", step, layer)
+    assert summary["divergence_source"] == source
+    assert trainer.global_step < 40  # stopped cleanly, long before max_steps
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    assert f"diverged at step {step} in layer {layer}" in capsys.readouterr().out
+    acc = events(tmp_path)
+    assert acc.Scalars("summary/diverged")[0].value == 1
+    assert acc.Scalars("summary/divergence_step")[0].value == step
+    assert [e.step for e in acc.Scalars("act/features.0/p50")][:2] == [0, 5]  # the logs before it are intact
+    if source == "activation":
+        assert {e.step: e.value for e in acc.Scalars("act/features.0/nonfinite")}[step] == 0
+        recorded = {e.step: e.value for e in acc.Scalars("act/features.1/nonfinite")}
+        assert recorded[step] == 16 * 4 * 6 * 6 and recorded[5] == 0
+
+
+def test_warn_records_the_divergence_and_trains_on(tmp_path: Path) -> None:
+    diagnostics = TrainingDiagnostics(log_every_n_steps=10, on_nonfinite="warn")
+    with pytest.warns(UserWarning, match="non-finite update at step 3 in layer classifier: going on"):
+        trainer = fit(tmp_path, PlainNet(), 12, InjectNaN(3, grad_of="classifier.weight"), diagnostics)
+    assert trainer.global_step == 12
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["diverged"] and summary["divergence_step"] == 3 and summary["final_grad_norm"] is None
+
+
+# ----------------------------------------------------------------------------- configuration
+def test_bad_arguments_fail_at_once_naming_the_value() -> None:
+    with pytest.raises(ValueError, match="on_nonfinite can be .*got 'explode'"):
+        TrainingDiagnostics(on_nonfinite="explode")
+    with pytest.raises(ValueError, match=r"percentiles must lie in \[0, 100\], got \[50, 150\]"):
+        TrainingDiagnostics(percentiles=[50, 150])
+    with pytest.raises(ValueError, match=r"bins need low < high"):
+        TrainingDiagnostics(hist_range=[3, -3])
+
+
+def test_schema_mirrors_the_constructor() -> None:
+    defaults = {n: p.default for n, p in inspect.signature(TrainingDiagnostics).parameters.items()}
+    schema = DiagnosticsSchema()
+    assert set(defaults) == {f for f in schema.__dataclass_fields__ if f != "_target_"}
+    for name, default in defaults.items():
+        value = getattr(schema, name)
+        value = value.value if hasattr(value, "value") else value
+        assert (list(value) if isinstance(value, list | tuple) else value) == (
+            list(default) if isinstance(default, list | tuple) else default
+        ), name
+
+
+def test_training_runs_have_the_diagnostics_and_their_ranges_are_checked(compose_cfg) -> None:
+    cfg = compose_cfg(["model=bn_mlp"])
+    assert cfg.callbacks.diagnostics._target_ == "normlab.diagnostics.TrainingDiagnostics"
+    assert cfg.callbacks.diagnostics.summary_path.endswith("summary.json")
+    with pytest.raises(ConfigError, match="callbacks.diagnostics.bins=0 is out of range"):
+        validate(compose_cfg(["callbacks.diagnostics.bins=0"]))
+    with pytest.raises(Exception, match="on_nonfinite"):
+        compose_cfg(["callbacks.diagnostics.on_nonfinite=explode"])
+    assert "diagnostics" not in compose_cfg(["~callbacks.diagnostics"]).callbacks
+
+
+def test_benchmark_prints_the_overhead_ratios_as_json() -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_diagnostics.py"
+    args = ["--steps", "30", "--repeats", "1", "--naive-steps", "12", "--warmup", "2", "--json"]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in ("overhead", "overhead_wall", "naive"):
+        assert set(result[key]) == {"1", "10", "50"} and all(v > 0 for v in result[key].values())
+    assert "every  1 steps: ours" in proc.stdout

@@ -1,0 +1,296 @@
+"""The diagnostics' statistics against numpy on known tensors, without a Trainer."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+from torch import nn
+
+from normlab.diagnostics import stats
+from normlab.diagnostics.activations import FINE, ActivationLayout
+from normlab.diagnostics.divergence import locate_gradient, locate_loss
+from normlab.diagnostics.parameters import ParameterLayout
+from normlab.diagnostics.stats import Bins, SegmentedHistogram
+from normlab.diagnostics.summary import RunSummary, merge_json
+from normlab.diagnostics.watch import (
+    DEFAULT_TYPES,
+    ActivationRecorder,
+    Layer,
+    display_names,
+    parameter_layers,
+    select_modules,
+)
+from normlab.diagnostics.writer import SummaryTemplate, _masked_crc32c, use_fast_checksums
+from normlab.models import MLP
+
+RNG = np.random.default_rng(0)
+
+
+def centred_values(bins: Bins, counts: np.ndarray) -> np.ndarray:
+    """``counts[i]`` values inside bin i, away from its edges: their histogram is known exactly."""
+    centres = bins.edges()[:-1] + bins.width / 2
+    jitter = RNG.uniform(-0.4, 0.4, counts.sum()) * bins.width
+    return (np.repeat(centres, counts) + jitter).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- histograms
+@pytest.mark.parametrize("path", ["finite", "exact"])
+def test_segmented_histogram_counts_are_exact(path: str) -> None:
+    bins = [Bins(-2, 2, 8), Bins(0, 1, 8), Bins(-2, 2, 8), Bins(-1, 1, 8)]
+    truth = [RNG.integers(0, 20, 8) for _ in bins]
+    values = [centred_values(b, c) for b, c in zip(bins, truth, strict=True)]
+    values[2] = values[2][: len(values[0])]  # a run of equal sizes and one of another size
+    truth[2] = np.histogram(values[2], bins[2].edges())[0]
+    hist = SegmentedHistogram([len(v) for v in values], bins, torch.device("cpu"))
+    flat = torch.from_numpy(np.concatenate(values))
+    counts = getattr(hist, path)(flat).view(len(bins), -1).numpy()
+    for s, (b, v) in enumerate(zip(bins, values, strict=True)):
+        assert counts[s, 0] == 0
+        np.testing.assert_array_equal(counts[s, 1:], np.histogram(v, b.edges())[0])
+
+
+def test_histogram_puts_outliers_in_the_edge_bins_and_nonfinite_apart() -> None:
+    flat = torch.tensor([-5.0, 0.1, 9.0, float("nan"), float("inf"), -float("inf")])
+    assert SegmentedHistogram([6], [Bins(-1, 1, 4)], torch.device("cpu")).exact(flat).tolist() == [3, 1, 0, 1, 1]
+    finite = SegmentedHistogram([3], [Bins(-1, 1, 4)], torch.device("cpu")).finite(flat[:3])
+    assert finite.tolist() == [0, 1, 0, 1, 1]
+
+
+def test_percentiles_lie_within_one_bin_of_numpy() -> None:
+    bins = Bins(-8, 8, 80 * FINE)
+    rows = [RNG.normal(0, 1, 6000), RNG.normal(2, 0.3, 6000), RNG.uniform(-3, 5, 3000)]
+    cdf = np.stack([np.cumsum(np.histogram(np.clip(r, -8, 8), bins.edges())[0]) for r in rows]).astype(float)
+    q = np.array([0.15, 0.5, 0.85])
+    got = stats.percentiles(cdf, np.full(3, bins.low), np.full(3, bins.width), q)
+    for row, values in zip(got, rows, strict=True):
+        np.testing.assert_allclose(row, np.percentile(values, 100 * q), atol=bins.width)
+    empty = stats.percentiles(np.zeros((1, 4)), np.zeros(1), np.ones(1), q)
+    assert np.isnan(empty).all()
+
+
+def test_coarsened_counts_equal_a_histogram_on_the_coarse_edges() -> None:
+    fine, coarse = Bins(-2, 2, 40), Bins(-2, 2, 10)
+    values = RNG.normal(0, 0.7, 5000).clip(-1.99, 1.99)
+    cdf = np.cumsum(np.histogram(values, fine.edges())[0])[None, :].astype(float)
+    np.testing.assert_array_equal(stats.coarsen(cdf, 4)[0], np.histogram(values, coarse.edges())[0])
+
+
+def test_moments_give_numpy_mean_and_std() -> None:
+    parts = [RNG.normal(0.5, 2, 600), RNG.normal(-1, 0.1, 600), RNG.uniform(0, 1, 50)]
+    flat = torch.from_numpy(np.concatenate(parts).astype(np.float32))
+    runs = stats.equal_runs([len(p) for p in parts])
+    assert runs == [(0, 2, 600), (2, 1, 50)]
+    moments = stats.segment_moments(flat, runs).double().numpy()
+    n = np.array([len(p) for p in parts], dtype=float)
+    mean, std = stats.mean_std(n, moments[:3], moments[3:])
+    np.testing.assert_allclose(mean, [p.mean() for p in parts], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(std, [p.std() for p in parts], rtol=1e-4)
+
+
+def test_exact_moments_leave_nonfinite_values_out() -> None:
+    flat = torch.tensor([1.0, 2.0, float("nan"), 3.0, float("inf"), 5.0])
+    moments = stats.segment_moments(flat, [(0, 2, 3)], exact=True).numpy()
+    np.testing.assert_allclose(moments, [3.0, 8.0, 5.0, 34.0])
+
+
+def test_saturation_counts_the_values_near_the_bounds() -> None:
+    fine = Bins(0, 1, 80 * FINE)
+    low, high = stats.saturation_cut(fine, (0.0, 1.0), 0.95)
+    values = RNG.uniform(0, 1, 10_000)
+    cdf = np.cumsum(np.histogram(values, fine.edges())[0])[None, :].astype(float)
+    expected = np.mean(np.abs(values - 0.5) / 0.5 > 0.95)
+    assert stats.saturated_fraction(cdf, low, high)[0] == pytest.approx(expected, abs=1e-12)
+
+
+def test_batchnorm_drift_against_numpy() -> None:
+    x = RNG.normal(0.3, 2.0, (64, 5))
+    running_mean, running_var, eps = RNG.normal(0, 1, 5), RNG.uniform(0.5, 3, 5), 1e-5
+    moments = stats.channel_moments([torch.from_numpy(x)]).double().numpy()
+    mean_drift, var_drift = stats.batchnorm_drift(moments[:5], moments[5:], 64.0, running_mean, running_var, eps)
+    expected_mean = np.abs(x.mean(0) - running_mean) / np.sqrt(running_var + eps)
+    np.testing.assert_allclose(mean_drift, expected_mean, rtol=1e-5, atol=1e-6)  # float32 sums on the device
+    np.testing.assert_allclose(var_drift, np.abs((x.var(0) + eps) / (running_var + eps) - 1), rtol=1e-5, atol=1e-6)
+
+
+def test_dead_units_are_those_never_positive() -> None:
+    out = torch.relu(torch.randn(32, 6, 4, 4))
+    out[:, 2] = 0
+    out[:, 5] = 0
+    maxima = stats.unit_maxima(out).numpy()
+    assert stats.group_means((maxima <= 0).astype(float), np.array([6]))[0] == pytest.approx(2 / 6)
+
+
+# ----------------------------------------------------------------------------- layouts
+def recorded_mlp(activation: str = "sigmoid") -> tuple[MLP, ActivationRecorder, list[torch.Tensor]]:
+    net = MLP([8], 3, depth=2, width=16, activation=activation, norm="batch")
+    recorder = ActivationRecorder(select_modules(net, DEFAULT_TYPES))
+    recorder.attach()
+    with torch.no_grad():
+        net(torch.randn(32, 8) * 3)
+    recorder.detach()
+    return net, recorder, [recorder.outputs[i] for i in sorted(recorder.outputs)]
+
+
+def layout_of(recorder: ActivationRecorder, outputs: list[torch.Tensor]) -> ActivationLayout:
+    indices = sorted(recorder.outputs)
+    offsets = recorder.running_offsets()
+    running = {s: offsets[i] for s, i in enumerate(indices) if i in offsets}
+    size = 2 * sum(w.module.num_features for w in recorder.watched if w.batchnorm)
+    watched = [recorder.watched[i] for i in indices]
+    return ActivationLayout(watched, outputs, running, size, Bins(-8, 8, 80), [15, 50, 85], 0.95)
+
+
+@pytest.mark.parametrize("activation", ["sigmoid", "relu"])
+def test_activation_layout_matches_numpy(activation: str) -> None:
+    net, recorder, outputs = recorded_mlp(activation)
+    indices = sorted(recorder.outputs)
+    layout = layout_of(recorder, outputs)
+    bn_inputs = [recorder.bn_inputs[indices[s]] for s in layout.batchnorms]
+    with torch.no_grad():
+        tensors, flat = layout.tensors(outputs, bn_inputs, recorder.running)
+        layout.histograms(tensors, flat, finite=True)
+    host = {k: v.double().numpy()[None, :] for k, v in tensors.items()}
+    values, histograms = layout.values(host)
+    scalars = dict(zip(layout.tags, values[0], strict=True))
+    for s, (w, out) in enumerate(zip(layout.watched, outputs, strict=True)):
+        x = out.double().numpy().ravel()
+        width = 16 / (80 * FINE) if not w.saturating else 1 / (80 * FINE)
+        np.testing.assert_allclose(scalars[f"act/{w.name}/p50"], np.median(x), atol=width)
+        np.testing.assert_allclose(scalars[f"act/{w.name}/mean"], x.mean(), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(scalars[f"act/{w.name}/std"], x.std(), rtol=1e-4)
+        assert scalars[f"act/{w.name}/nonfinite"] == 0
+        edges = Bins(0, 1, 80).edges() if w.saturating else Bins(-8, 8, 80).edges()
+        expected = np.histogram(np.clip(x, edges[0], edges[-1]), edges)[0]
+        np.testing.assert_array_equal(histograms[0, s, 3:], expected)
+        if w.saturating:
+            assert scalars[f"act/{w.name}/saturated"] == pytest.approx(np.mean(np.abs(x - 0.5) > 0.475), abs=1e-9)
+        if w.rectifier:
+            assert scalars[f"act/{w.name}/dead"] == pytest.approx(np.mean(out.numpy().max(0) <= 0))
+    for s in layout.batchnorms:
+        bn = layout.watched[s].module
+        assert scalars[f"bn/{layout.watched[s].name}/gamma_mean"] == pytest.approx(bn.weight.mean().item())
+        x = recorder.bn_inputs[indices[s]].double().numpy()
+        # the running statistics were taken before this batch updated them: still the initial 0 and 1
+        expected = np.mean(np.abs(x.mean(0)) / np.sqrt(1 + bn.eps))
+        assert scalars[f"bn/{layout.watched[s].name}/batch_mean_drift"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_histograms_summed_over_ranks_give_the_same_percentiles() -> None:
+    _, recorder, outputs = recorded_mlp()
+    indices = sorted(recorder.outputs)
+    layout = layout_of(recorder, outputs)
+    with torch.no_grad():
+        one, flat = layout.tensors(
+            outputs, [recorder.bn_inputs[indices[s]] for s in layout.batchnorms], recorder.running
+        )
+        two = dict(one)
+        layout.histograms(one, flat, finite=True)
+        layout.histograms(two, flat, finite=True, reduce=lambda t: 2 * t)  # two ranks with the same batch
+    host = [{k: v.double().numpy()[None, :] for k, v in t.items()} for t in (one, two)]
+    (a, ha), (b, hb) = layout.values(host[0]), layout.values(host[1])
+    np.testing.assert_allclose(a, b)
+    np.testing.assert_array_equal(2 * ha[..., 3:], hb[..., 3:])
+
+
+def test_parameter_layout_norms_per_layer() -> None:
+    net = MLP([8], 3, depth=2, width=16, norm="batch")
+    layout = ParameterLayout(parameter_layers(net))
+    assert [layer.name for layer in layout.layers] == ["layer1.fc", "layer1.bn", "layer2.fc", "layer2.bn", "head"]
+    net(torch.randn(32, 8)).sum().backward()
+    before = [[p.detach().clone() for p in layer.params] for layer in layout.layers]
+    state = layout.before_step(layout.with_grad())
+    torch.optim.Adam(net.parameters(), lr=0.1).step()
+    layout.after_step(state)
+    host = {k: v.double().numpy()[None, :] for k, v in state.items() if isinstance(v, torch.Tensor)}
+    values = dict(zip(layout.tags, layout.values(host, state["present"])[0], strict=True))
+    for layer, old in zip(layout.layers, before, strict=True):
+        weight = math.sqrt(sum(float(p.norm()) ** 2 for p in old))
+        grad = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in layer.params))
+        update = math.sqrt(sum(float((p.detach() - q).norm()) ** 2 for p, q in zip(layer.params, old, strict=True)))
+        assert values[f"weight_norm/{layer.name}"] == pytest.approx(weight, rel=1e-5)
+        assert values[f"grad_norm/{layer.name}"] == pytest.approx(grad, rel=1e-5)
+        assert values[f"update_ratio/{layer.name}"] == pytest.approx(update / weight, rel=1e-4)
+        assert values[f"grad_nonfinite/{layer.name}"] == 0
+    total = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in net.parameters()))
+    assert values["grad_norm/global"] == pytest.approx(total, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- names, hooks
+def test_module_selection_by_type_and_pattern() -> None:
+    net = nn.Sequential()
+    net.add_module("body", MLP([8], 3, depth=2, width=4, norm="batch"))
+    names = [w.name for w in select_modules(net, DEFAULT_TYPES)]
+    assert names == ["layer1.fc", "layer1.bn", "layer1.act", "layer2.fc", "layer2.bn", "layer2.act", "head"]
+    picked = select_modules(net, ["Sigmoid", "Linear"], include=["layer*"], exclude=["*2.fc"])
+    assert [(w.name, w.kind) for w in picked] == [
+        ("layer1.fc", "Linear"),
+        ("layer1.act", "Sigmoid"),
+        ("layer2.act", "Sigmoid"),
+    ]
+    assert display_names(["net._orig_mod.a", "net._orig_mod.b"]) == ["a", "b"]
+    assert display_names(["a.x", "b.y"]) == ["a.x", "b.y"]
+
+
+def test_recorder_keeps_first_outputs_and_leaves_no_hook() -> None:
+    net, recorder, outputs = recorded_mlp()
+    assert len(outputs) == len(recorder.watched) and not recorder.attached
+    assert not torch.nn.modules.module._global_forward_hooks
+    assert all(not m._forward_hooks for m in net.modules())
+
+
+# ----------------------------------------------------------------------------- divergence
+def test_locate_loss_follows_the_evidence_in_causal_order() -> None:
+    good = Layer("a", [nn.Parameter(torch.ones(2))])
+    bad = Layer("b", [nn.Parameter(torch.tensor([1.0, float("nan")]))])
+    worse = Layer("c", [nn.Parameter(torch.tensor([float("inf")]))])
+    assert locate_loss(False, [], [good]) == ("input", "input", 0)
+    assert locate_loss(True, [("m1", True), ("m2", False)], [bad]) == ("m2", "activation", 0)
+    assert locate_loss(True, [], [good, bad, worse]) == ("c", "update", 1)
+    assert locate_loss(True, [("m1", True)], [good]) == ("loss", "loss", 0)
+    assert locate_gradient([good, bad, worse], [False, False, True]) == "b"
+
+
+# ----------------------------------------------------------------------------- output
+def test_summary_template_encodes_what_protobuf_decodes() -> None:
+    edges = [np.linspace(-1, 1, 5), np.linspace(0, 1, 5)]
+    template = SummaryTemplate(["a/b", "x" * 300], [("act/h1", edges[0]), ("act/h2", edges[1])])
+    scalars = np.array([[1.5, -2.0], [3.0, 1e-8]])
+    histograms = RNG.uniform(0, 9, (2, 2, 7))
+    for encoded, row, hist in zip(template.encode(scalars, histograms), scalars, histograms, strict=True):
+        values = Summary.FromString(encoded).value
+        assert [v.tag for v in values] == ["a/b", "x" * 300, "act/h1", "act/h2"]
+        np.testing.assert_allclose([v.simple_value for v in values[:2]], row, rtol=1e-7)
+        for v, e, h in zip(values[2:], edges, hist, strict=True):
+            assert (v.histo.min, v.histo.max, v.histo.num, v.histo.sum, v.histo.sum_squares) == (e[0], e[-1], *h[:3])
+            assert list(v.histo.bucket_limit) == list(e[1:]) and list(v.histo.bucket) == list(h[3:])
+
+
+def test_fast_checksums_equal_tensorboards_own() -> None:
+    assert use_fast_checksums()
+    for size in (0, 1, 7, 8, 1000, 40_000):
+        data = RNG.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert _masked_crc32c(data) == pywrap_tensorflow.masked_crc32c(data)
+
+
+def test_merge_json_keeps_other_keys(tmp_path) -> None:
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"landscape": {"sharpness": 3.0}, "status": "failed"}))
+    summary = RunSummary(target_acc=0.9)
+    summary.observe_grad_norm(2.0)
+    summary.observe_grad_norm(float("nan"))
+    summary.observe_validation(0.5, 10)
+    summary.observe_validation(0.95, 20)
+    summary.mark_diverged(25, "layer2.fc", "update")
+    merge_json(path, summary.as_dict())
+    data = json.loads(path.read_text())
+    assert data["landscape"] == {"sharpness": 3.0}
+    assert data["status"] == "diverged" and data["divergence_step"] == 25 and data["divergence_layer"] == "layer2.fc"
+    assert (data["max_grad_norm"], data["final_grad_norm"], data["steps_to_target"]) == (2.0, None, 20)
+    assert (data["best_val_acc"], data["final_val_acc"]) == (0.95, 0.95)
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
