@@ -54,7 +54,8 @@ class RunSummary:
         return asdict(self)
 
     def hparam_scalars(self) -> dict[str, float]:
-        """The ``summary/*`` scalars for the HParams tab; a value that does not exist is left out."""
+        """The ``summary/*`` scalars for the HParams tab; NaN where there is no such number (not
+        diverged, target not reached), so that every metric the tab lists has a value."""
         values = {
             "diverged": float(self.diverged),
             "divergence_step": self.divergence_step,
@@ -64,7 +65,7 @@ class RunSummary:
             "best_val_acc": self.best_val_acc,
             "steps_to_target": self.steps_to_target,
         }
-        return {f"summary/{k}": float(v) for k, v in values.items() if v is not None}
+        return {f"summary/{k}": float("nan") if v is None else float(v) for k, v in values.items()}
 
     def load(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
