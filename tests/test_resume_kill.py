@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -44,10 +45,16 @@ def wait_for_checkpoints(last: Path, proc: subprocess.Popen, count: int) -> None
         time.sleep(0.01)
 
 
-def curves(run_dir: Path) -> dict[str, dict[int, float]]:
+def curves(run_dir: Path) -> dict[str, dict[int, float | None]]:
     """tag -> {step: value} of every scalar but wall-clock timings (the diagnostics' included);
-    where a resumed run wrote a step twice, the later value counts."""
-    return {tag: dict(points) for tag, points in read_scalars(run_dir).items() if "time" not in tag}
+    where a resumed run wrote a step twice, the later value counts. NaN (a summary value that does
+    not exist) becomes None, which compares equal to itself."""
+    scalars = read_scalars(run_dir)
+    return {
+        tag: {step: None if math.isnan(value) else value for step, value in points}
+        for tag, points in scalars.items()
+        if "time" not in tag
+    }
 
 
 @pytest.mark.slow
