@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.custom_scalar.layout_pb2 import Layout as CustomScalarsLayout
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -114,6 +116,10 @@ def test_plain_module_gets_every_tag_at_the_logging_steps(tmp_path: Path) -> Non
     assert expected <= scalars, sorted(expected - scalars)
     assert not {t for t in scalars if t.endswith("/saturated")}  # no sigmoid or tanh here
     assert histograms == {f"act/{m}" for m in modules}
+    layout = CustomScalarsLayout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
+    charts = {chart.title: chart for category in layout.category for chart in category.chart}
+    assert charts["features.1"].margin.series[0].value == "act/features.1/p50"
+    assert charts["grad_norm per layer"].multiline.tag == [f"^{re.escape(f'grad_norm/{layer}')}$" for layer in layers]
     for tag in ("act/features.0/p50", "grad_norm/classifier", "bn/features.1/batch_var_drift", "diag/time_ms"):
         assert [e.step for e in acc.Scalars(tag)] == logging_steps, tag
     for event in acc.Histograms("act/features.1"):

@@ -64,13 +64,13 @@ class _Step:
 class TrainingDiagnostics(L.Callback):
     """Activation distributions, weight and gradient health and non-finite detection, in TensorBoard.
 
-    Works with any LightningModule. On each logging step (counted in optimizer steps) forward
-    hooks record the watched modules' outputs for that step only; every statistic is computed on
-    the tensors' device with fixed histogram bins and moved to the host once, and the step's
-    scalars and histograms are written as one TensorBoard event (rank zero). Every step the
-    global gradient norm and the loss are checked: the first non-finite one is traced to a layer
-    and, by default, stops the run cleanly. At the end of training a summary goes to
-    ``summary.json`` and to the HParams tab.
+    Works with any LightningModule. On each logging step (counted in optimizer steps) a forward
+    hook records the watched modules' outputs for that step only; every statistic is computed on
+    the tensors' device with fixed histogram bins, the numbers of up to 32 logging steps reach the
+    host in one copy, and each step's scalars and histograms are written as one TensorBoard event
+    (rank zero). The loss is checked every step and the gradients on logging steps: the first
+    non-finite one is traced to a step and a layer (``divergence.py``) and, by default, stops the
+    run cleanly. At the end of training a summary goes to ``summary.json`` and to the HParams tab.
 
     Args:
         log_every_n_steps: cadence in optimizer steps (step 0 included). Default 50.

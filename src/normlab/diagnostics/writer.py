@@ -86,8 +86,8 @@ class SummaryTemplate:
 
     def __init__(self, tags: Sequence[str], histograms: Sequence[tuple[str, np.ndarray]] = ()) -> None:
         self.tags = list(tags)
-        self.bins = {len(edges) - 1 for _, edges in histograms}
-        if len(self.bins) > 1:
+        sizes = {len(edges) - 1 for _, edges in histograms}
+        if len(sizes) > 1:
             raise ValueError("all histograms of a template need the same number of bins")
         chunks: list[bytes] = []
         singles: list[int] = []  # byte offset of each float32 scalar
@@ -115,7 +115,7 @@ class SummaryTemplate:
             size += len(entry)
         self._template = np.frombuffer(b"".join(chunks), dtype=np.uint8)
         self._singles = np.asarray(singles, dtype=np.int64).reshape(-1, 1) + np.arange(4)
-        width = 3 + self.bins.pop() if self.bins else 0
+        width = 3 + sizes.pop() if sizes else 0  # num, sum, sum_squares, then the counts
         self._doubles = np.asarray(doubles, dtype=np.int64).reshape(len(doubles), width, 1) + np.arange(8)
 
     def encode(self, scalars: np.ndarray, histograms: np.ndarray | None = None) -> list[bytes]:
