@@ -274,3 +274,13 @@ def test_benchmark_prints_the_overhead_ratios_as_json() -> None:
     for key in ("overhead", "overhead_wall", "naive"):
         assert set(result[key]) == {"1", "10", "50"} and all(v > 0 for v in result[key].values())
     assert "every  1 steps: ours" in proc.stdout
+
+
+def test_compiled_model_keeps_training_and_its_names(tmp_path: Path) -> None:
+    module = PlainNet()
+    module.features = torch.compile(module.features, backend="eager")  # names gain `_orig_mod`
+    trainer = fit(tmp_path, module, 12, TrainingDiagnostics(log_every_n_steps=5))
+    assert trainer.global_step == 12
+    scalars = set(events(tmp_path).Tags()["scalars"])
+    assert {"act/features.0/p50", "grad_norm/features.0", "grad_norm/classifier"} <= scalars
+    assert not any("_orig_mod" in tag for tag in scalars)
