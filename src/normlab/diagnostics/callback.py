@@ -35,7 +35,7 @@ ON_NONFINITE = ("stop", "warn")
 # Logging steps whose numbers wait on the device, to be moved to the host and written together:
 # at most this many, for at most this long.
 WRITE_BATCH = 32
-WRITE_SECONDS = 1.0
+WRITE_SECONDS = 10.0  # TensorBoard itself flushes event files every 120 s
 
 
 @dataclass
@@ -250,7 +250,7 @@ class TrainingDiagnostics(L.Callback):
                 self._pending = _Step(step)
             activations = self._activations_finite(step)
             layer, source, back = locate_loss(batch_is_finite(self._batch), activations, self._parameters.layers)
-            self._diverged(trainer, step - back, layer, source)
+            self._diverged(trainer, max(step - back, 0), layer, source)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         record = self._pending
