@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,7 @@ def test_default_budget_reaches_90_percent_on_digits(train, model):
     test_acc = read_scalars(run_dir)["test/acc"][-1][1]
     assert test_acc >= 0.90, proc.stdout[-1500:]
     assert f"run directory  {run_dir}" in proc.stdout
-    assert f"tensorboard --logdir {run_dir}" in proc.stdout
+    assert f"tensorboard --logdir '{run_dir}'" in proc.stdout
     assert list((run_dir / "checkpoints").glob("best-*.ckpt")) and (run_dir / "checkpoints" / "last.ckpt").exists()
 
 
@@ -30,16 +32,22 @@ def test_same_seed_gives_identical_metrics(train):
     assert other["train/loss"] != a["train/loss"]
 
 
-def test_resume_from_last_continues_the_step_count_and_the_curves(train):
-    _, run_dir = train("trainer.max_steps=57")  # 3 epochs of 19 steps: last.ckpt at step 57
+def test_resume_from_last_continues_the_step_count_and_the_curves(tmp_path):
+    # A run directory named after its overrides holds ',' and '=': the printed command quotes it.
+    first = run_entry("train", "trainer.max_steps=54", "optimizer.lr=0.2", cwd=tmp_path)  # 3 epochs of 18
+    assert first.returncode == 0, first.stderr[-2000:]
+    resume = next(line for line in first.stdout.splitlines() if line.strip().startswith("resume"))
+    words = shlex.split(resume.replace("trainer.max_steps=N", "trainer.max_steps=90"))[2:]
+    run_dir = Path(next(w for w in words if w.startswith("hydra.run.dir=")).split("=", 1)[1].strip("'"))
     before = read_scalars(run_dir)["train/loss"]
-    proc, _ = train("trainer.max_steps=95", "ckpt_path=last", run_dir=run_dir)
+    proc = run_entry("train", *words, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Restoring states from the checkpoint" in proc.stdout + proc.stderr
     steps = [s for s, _ in read_scalars(run_dir)["train/loss"]]
     assert steps[: len(before)] == [s for s, _ in before]
     assert min(steps[len(before) :]) > max(s for s, _ in before)  # continued, not restarted
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-    assert ckpt["global_step"] == 95
+    assert ckpt["global_step"] == 90
 
 
 def test_resume_last_without_checkpoint_is_a_clear_error(tmp_path):

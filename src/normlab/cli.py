@@ -81,7 +81,11 @@ def print_summary(trainer: L.Trainer, metrics: dict[str, float], run_dir: Path, 
     shown = {k: v for k, v in sorted(metrics.items()) if k.count("/") == 1 and not k.endswith("_step")}
     lines = [f"normlab: finished {trainer.global_step} steps in {seconds:.1f} s"]
     lines += [f"  {k:<14} {v:.4f}" for k, v in shown.items()]
-    lines += [f"  run directory  {run_dir.resolve()}", f"  tensorboard    tensorboard --logdir {run_dir.resolve()}"]
+    where = run_dir.resolve()
+    lines += [f"  run directory  {where}", f"  tensorboard    tensorboard --logdir '{where}'"]
+    if any(where.glob("checkpoints/*.ckpt")):
+        # Run names hold ',' and '=', which a Hydra override value only takes inside quotes.
+        lines.append(f"  resume         normlab-train ckpt_path=last \"hydra.run.dir='{where}'\" trainer.max_steps=N")
     print("\n".join(lines), flush=True)
 
 

@@ -48,14 +48,16 @@ def register_resolvers() -> None:
 
 
 def find_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """Resolve ``ckpt_path``: ``None``, ``last`` (the newest checkpoint under ``run_dir``) or a file."""
+    """Resolve ``ckpt_path``: ``None``, ``last`` (``last.ckpt`` under ``run_dir``, else the newest
+    checkpoint there) or a file."""
     if ckpt_path is None:
         return None
     if ckpt_path == "last":
-        found = sorted(run_dir.glob("checkpoints/*.ckpt"), key=lambda p: p.stat().st_mtime)
+        folder = run_dir / "checkpoints"
+        found = sorted(folder.glob("*.ckpt"), key=lambda p: (p.name == "last.ckpt", p.stat().st_mtime))
         if not found:
             raise ConfigError(
-                f"ckpt_path=last: no checkpoint in {run_dir / 'checkpoints'}; "
+                f"ckpt_path=last: no checkpoint in {folder}; "
                 "pass hydra.run.dir=<the run directory to resume> or ckpt_path=<file.ckpt>"
             )
         return str(found[-1])
