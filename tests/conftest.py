@@ -11,10 +11,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from helpers import run_entry
 from normlab.config import register_schemas
 from normlab.runs import config_dir, register_resolvers
-
-from helpers import run_entry
 
 register_schemas()
 register_resolvers()

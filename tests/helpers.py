@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 
 
-def run_entry(module: str, *overrides: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_entry(
+    module: str, *overrides: str, cwd: Path | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run ``python -m normlab.<module> overrides...`` and capture its output."""
     return subprocess.run(
         [sys.executable, "-m", f"normlab.{module}", *overrides],

@@ -10,10 +10,10 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+from helpers import run_entry
 from normlab.config import validate
 from normlab.errors import ConfigError
 from normlab.runs import config_dir, run_label
-from helpers import run_entry
 
 CONF = Path(config_dir())
 
@@ -92,7 +92,9 @@ def test_wrong_types_and_unknown_values_fail_while_composing(compose_cfg, overri
 
 
 def test_run_label_says_what_the_run_is():
-    assert run_label("bn_mlp", "digits", "model=bn_mlp,optimizer.lr=0.5,seed=2") == "bn_mlp-digits,optimizer.lr=0.5,seed=2"
+    assert (
+        run_label("bn_mlp", "digits", "model=bn_mlp,optimizer.lr=0.5,seed=2") == "bn_mlp-digits,optimizer.lr=0.5,seed=2"
+    )
     assert "/" not in run_label("bn_mlp", "mnist", "data.data_dir=/tmp/x")
 
 
@@ -109,8 +111,13 @@ def test_run_label_says_what_the_run_is():
 )
 def test_cli_errors_are_one_clear_message_and_leave_nothing(tmp_path, overrides, needle):
     run_dir = tmp_path / "run"
-    proc = run_entry("train", *overrides, f"data.data_dir={tmp_path}/none" if "data=mnist" in overrides else "seed=0",
-                     f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = run_entry(
+        "train",
+        *overrides,
+        f"data.data_dir={tmp_path}/none" if "data=mnist" in overrides else "seed=0",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "Traceback" not in output

@@ -67,7 +67,9 @@ def test_keras_tutorial_network_per_layer_widths_and_bn():
 
 
 def test_bn_options_reach_the_layers():
-    net = MLP([4], 3, depth=1, width=6, norm="batch", bn={"eps": 1e-3, "momentum": None, "gamma_init": 0.5, "beta_init": 0.2})
+    net = MLP(
+        [4], 3, depth=1, width=6, norm="batch", bn={"eps": 1e-3, "momentum": None, "gamma_init": 0.5, "beta_init": 0.2}
+    )
     bn = net.layer1.bn
     assert bn.eps == 1e-3 and bn.momentum is None  # None: cumulative average (population statistics)
     assert torch.all(bn.weight == 0.5) and torch.all(bn.bias == 0.2)

@@ -39,7 +39,9 @@ def test_the_readme_has_commands():
     assert len(readme_commands()) >= 5
 
 
-@pytest.mark.parametrize(("config_name", "overrides"), readme_commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+@pytest.mark.parametrize(
+    ("config_name", "overrides"), readme_commands(), ids=lambda v: " ".join(v) if isinstance(v, list) else v
+)
 def test_readme_command_composes(compose_cfg, config_name, overrides):
     cfg = compose_cfg(first_of_each_sweep(overrides), config_name=config_name)
     validate(cfg)

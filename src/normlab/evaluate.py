@@ -45,7 +45,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     module = Classifier.load_from_checkpoint(path, map_location="cpu")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     metrics: dict[str, float] = {}
-    for results in (trainer.validate(module, datamodule, verbose=False), trainer.test(module, datamodule, verbose=False)):
+    for results in (
+        trainer.validate(module, datamodule, verbose=False),
+        trainer.test(module, datamodule, verbose=False),
+    ):
         metrics.update({k: float(v) for k, v in results[0].items()})
     (run_dir / "metrics.json").write_text(json.dumps({"checkpoint": path, **metrics}, indent=2))
     print(f"normlab: evaluated {path}")

@@ -14,12 +14,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from normlab.cli import as_plain, build_logger, guarded, log_hparams, print_summary
 from normlab.config import register_schemas, validate
 from normlab.console import quiet_known_noise, show_config
 from normlab.errors import ConfigError
 from normlab.module import Classifier
 from normlab.runs import config_dir, find_checkpoint, register_resolvers
-from normlab.cli import as_plain, build_logger, guarded, log_hparams, print_summary
 
 log = logging.getLogger("normlab")
 register_schemas()

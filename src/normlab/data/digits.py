@@ -16,9 +16,7 @@ class DigitsDataModule(InMemoryDataModule):
         **kwargs: see ``InMemoryDataModule``.
     """
 
-    def __init__(
-        self, val_fraction: float = 0.15, test_fraction: float = 0.2, split_seed: int = 0, **kwargs
-    ) -> None:
+    def __init__(self, val_fraction: float = 0.15, test_fraction: float = 0.2, split_seed: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
         self.fractions = (val_fraction, test_fraction)
         self.split_seed = split_seed
