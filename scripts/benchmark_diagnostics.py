@@ -11,7 +11,7 @@ of (arm / no diagnostics) in the same repeat. Step time is the process's CPU tim
 TensorBoard's writer included): the two cores are shared, and CPU time does not count the time
 another process held them; wall-clock ratios are printed beside it.
 
-    python scripts/benchmark_diagnostics.py [--steps 1500] [--repeats 5] [--threads 1] [--json]
+    python scripts/benchmark_diagnostics.py [--steps 1500] [--repeats 7] [--threads 1] [--json]
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500, help="optimizer steps per run")
     parser.add_argument("--naive-steps", type=int, default=150, help="steps per run of the (slow) naive reference")
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the timing")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the cores are shared)")
     parser.add_argument("--json", action="store_true", help="print a JSON object as the last line")
     args = parser.parse_args()
