@@ -27,7 +27,7 @@ import lightning as L
 import torch
 
 from normlab import diagnostics
-from normlab.data import InMemoryDataModule, Split
+from normlab.data import RandomDataModule
 from normlab.diagnostics import LandscapeProbes
 from normlab.diagnostics.landscape import INSTRUMENTS
 from normlab.module import Classifier
@@ -38,18 +38,6 @@ OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
 
 def net(norm: str) -> dict[str, Any]:
     return {"_target_": "normlab.models.MLP", "input_shape": [1, 28, 28], "num_classes": 10, "norm": norm}
-
-
-class RandomMNIST(InMemoryDataModule):
-    """MNIST-shaped random tensors, served by the template's in-memory loader."""
-
-    def __init__(self, n: int = 60_000) -> None:
-        super().__init__(batch_size=BATCH)
-        g = torch.Generator().manual_seed(0)
-        self.data = Split(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
-
-    def load_splits(self) -> dict[str, Split]:
-        return {"train": self.data, "val": self.data, "test": self.data}
 
 
 class LoopTimer(L.Callback):
@@ -67,7 +55,7 @@ def reference_callbacks() -> list[L.Callback]:
     return [standard()] if standard is not None else []
 
 
-def train_seconds(norm: str, datamodule: RandomMNIST, steps: int, probes: LandscapeProbes | None) -> float:
+def train_seconds(norm: str, datamodule: RandomDataModule, steps: int, probes: LandscapeProbes | None) -> float:
     L.seed_everything(0, verbose=False)
     module = Classifier(net=net(norm), num_classes=10, optimizer=OPTIMIZER)
     timer = LoopTimer()
@@ -104,7 +92,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
-    datamodule = RandomMNIST()
+    datamodule = RandomDataModule(batch_size=BATCH)
     datamodule.setup()
     reference = "standard diagnostics" if reference_callbacks() else "plain training (no TrainingDiagnostics yet)"
     result: dict[str, Any] = {"reference": reference, "steps": args.steps, "every": args.every, "threads": args.threads}

@@ -22,24 +22,12 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from normlab.data import InMemoryDataModule, Split
+from normlab.data import RandomDataModule
 from normlab.module import Classifier
 
 NET = {"_target_": "normlab.models.MLP", "input_shape": [1, 28, 28], "num_classes": 10, "depth": 3, "width": 100}
 OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}
 BATCH = 60
-
-
-class RandomMNIST(InMemoryDataModule):
-    """MNIST-shaped random tensors, served by the template's in-memory loader."""
-
-    def __init__(self, n: int = 60_000) -> None:
-        super().__init__(batch_size=BATCH)
-        g = torch.Generator().manual_seed(0)
-        self.data = Split(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
-
-    def load_splits(self) -> dict[str, Split]:
-        return {"train": self.data, "val": self.data, "test": self.data}
 
 
 class StepClock(L.Callback):
@@ -52,7 +40,7 @@ class StepClock(L.Callback):
         self.seconds = time.perf_counter() - self.start
 
 
-def template_steps_per_second(datamodule: RandomMNIST, steps: int) -> float:
+def template_steps_per_second(datamodule: RandomDataModule, steps: int) -> float:
     module = Classifier(net=NET, num_classes=10, optimizer=OPTIMIZER)
     clock = StepClock()
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +59,7 @@ def template_steps_per_second(datamodule: RandomMNIST, steps: int) -> float:
         return steps / clock.seconds
 
 
-def handwritten_steps_per_second(datamodule: RandomMNIST, steps: int) -> float:
+def handwritten_steps_per_second(datamodule: RandomDataModule, steps: int) -> float:
     """The loop one writes by hand: reshuffle every epoch, gather a batch, step; nothing else."""
     net = Classifier(net=NET, num_classes=10, optimizer=OPTIMIZER).net
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
@@ -97,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.manual_seed(0)
-    datamodule = RandomMNIST()
+    datamodule = RandomDataModule(batch_size=BATCH)
     datamodule.setup()
     handwritten_steps_per_second(datamodule, 200)  # warm-up: allocator, thread pool
     ours, ref = [], []

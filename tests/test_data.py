@@ -14,6 +14,7 @@ from normlab.data import (
     DigitsDataModule,
     InputScaler,
     MNISTDataModule,
+    RandomDataModule,
     Split,
     SyntheticDataModule,
     TensorBatchLoader,
@@ -202,3 +203,10 @@ def test_download_with_a_wrong_checksum_leaves_nothing_behind(tmp_path):
     assert list((tmp_path / "out").iterdir()) == []  # no partial or unverified file
     download(src.as_uri(), tmp_path / "out" / "file.bin", md5=hashlib.md5(b"payload").hexdigest())
     assert (tmp_path / "out" / "file.bin").read_bytes() == b"payload"
+
+
+def test_random_data_has_the_requested_shape_and_labels():
+    dm = RandomDataModule(num_samples=40, input_shape=(3, 4), num_classes=5, batch_size=8)
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (8, 3, 4) and int(y.max()) < 5 and len(dm.train_dataloader()) == 5
