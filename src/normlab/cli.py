@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -19,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard.summary import hparams
 
+from normlab.diagnostics.summary import merge_json
 from normlab.errors import UserError
 from normlab.runs import discard_if_unused
 
@@ -128,11 +128,6 @@ def record_failure(message: str, error: BaseException | None) -> None:
         for handler in logging.getLogger().handlers:  # the file only: the console gets one line
             if isinstance(handler, logging.FileHandler):
                 handler.handle(record)
-    summary = run_dir / "summary.json"
-    try:
-        previous = json.loads(summary.read_text())
-    except (OSError, ValueError):
-        previous = {}
-    summary.write_text(json.dumps({**previous, "status": "failed", "error": message}, indent=2))
+    merge_json(run_dir / "summary.json", {"status": "failed", "error": message})
     where = f" (traceback in {log_file})" if error is not None else ""
     print(f"normlab: job {hydra_cfg.job.num} failed: {message}{where}", file=sys.stderr, flush=True)
