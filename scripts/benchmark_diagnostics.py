@@ -19,15 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 import warnings
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from benchmark_common import fit_bare
 
-from normlab.data import InMemoryDataModule, Split
+from normlab.data import RandomDataModule
 from normlab.diagnostics import TrainingDiagnostics
 from normlab.diagnostics.writer import use_fast_checksums
 from normlab.module import Classifier
@@ -36,18 +35,6 @@ NET = {"_target_": "normlab.models.MLP", "input_shape": [1, 28, 28], "num_classe
 OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}
 BATCH = 60
 CADENCES = (1, 10, 50)
-
-
-class RandomMNIST(InMemoryDataModule):
-    """MNIST-shaped random tensors, served by the template's in-memory loader."""
-
-    def __init__(self, n: int = 60_000) -> None:
-        super().__init__(batch_size=BATCH)
-        g = torch.Generator().manual_seed(0)
-        self.data = Split(torch.rand(n, 1, 28, 28, generator=g), torch.randint(0, 10, (n,), generator=g))
-
-    def load_splits(self) -> dict[str, Split]:
-        return {"train": self.data, "val": self.data, "test": self.data}
 
 
 class StepClock(L.Callback):
@@ -104,23 +91,11 @@ class NaiveHistograms(L.Callback):
             handle.remove()
 
 
-def step_seconds(datamodule: RandomMNIST, steps: int, warmup: int, extra: list[L.Callback]) -> float:
+def step_seconds(datamodule: RandomDataModule, steps: int, warmup: int, extra: list[L.Callback]) -> float:
     torch.manual_seed(0)
     module = Classifier(net=NET, num_classes=10, optimizer=OPTIMIZER)
     clock = StepClock(warmup)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(
-            max_steps=steps,
-            accelerator="cpu",
-            logger=TensorBoardLogger(tmp, name="", version=""),
-            log_every_n_steps=50,
-            limit_val_batches=0,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[clock, *extra],
-        )
-        trainer.fit(module, datamodule=datamodule)
+    fit_bare(module, datamodule, steps, callbacks=[clock, *extra])
     return clock.seconds_per_step
 
 
@@ -135,7 +110,7 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
-    datamodule = RandomMNIST()
+    datamodule = RandomDataModule(batch_size=BATCH)
     datamodule.setup()
     step_seconds(datamodule, 100, args.warmup, [])  # warm-up: allocator, thread pool, imports
 

@@ -18,13 +18,13 @@ import argparse
 import json
 import logging
 import statistics
-import tempfile
 import time
 import warnings
 from typing import Any
 
 import lightning as L
 import torch
+from benchmark_common import fit_bare
 
 from normlab import diagnostics
 from normlab.data import RandomDataModule
@@ -60,19 +60,7 @@ def train_seconds(norm: str, datamodule: RandomDataModule, steps: int, probes: L
     module = Classifier(net=net(norm), num_classes=10, optimizer=OPTIMIZER)
     timer = LoopTimer()
     callbacks = [*reference_callbacks(), *([probes] if probes else []), timer]
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(
-            max_steps=steps,
-            accelerator="cpu",
-            logger=L.pytorch.loggers.TensorBoardLogger(tmp, name="", version=""),
-            callbacks=callbacks,
-            log_every_n_steps=50,
-            limit_val_batches=0,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        trainer.fit(module, datamodule=datamodule)
+    fit_bare(module, datamodule, steps, callbacks)
     return timer.seconds
 
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 import warnings
 
 import lightning as L
 import torch
 import torch.nn.functional as F
+from benchmark_common import fit_bare
 
 from normlab.data import RandomDataModule
 from normlab.module import Classifier
@@ -43,20 +43,8 @@ class StepClock(L.Callback):
 def template_steps_per_second(datamodule: RandomDataModule, steps: int) -> float:
     module = Classifier(net=NET, num_classes=10, optimizer=OPTIMIZER)
     clock = StepClock()
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = L.Trainer(
-            callbacks=[clock],
-            max_steps=steps,
-            accelerator="cpu",
-            logger=L.pytorch.loggers.TensorBoardLogger(tmp, name="", version=""),
-            log_every_n_steps=50,
-            limit_val_batches=0,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-        )
-        trainer.fit(module, datamodule=datamodule)
-        return steps / clock.seconds
+    fit_bare(module, datamodule, steps, callbacks=[clock])
+    return steps / clock.seconds
 
 
 def handwritten_steps_per_second(datamodule: RandomDataModule, steps: int) -> float:
