@@ -40,6 +40,7 @@ def test_resume_from_last_continues_the_step_count_and_the_curves(tmp_path):
     assert first.returncode == 0, first.stderr[-2000:]
     resume = next(line for line in first.stdout.splitlines() if line.strip().startswith("resume"))
     words = shlex.split(resume.replace("trainer.max_steps=N", "trainer.max_steps=90"))[2:]
+    assert "optimizer.lr=0.2" in words  # the run's own overrides: the config is not in the checkpoint
     run_dir = Path(next(w for w in words if w.startswith("hydra.run.dir=")).split("=", 1)[1].strip("'"))
     before = read_scalars(run_dir)["train/loss"]
     proc = run_entry("train", *words, cwd=tmp_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -84,9 +85,18 @@ def print_summary(trainer: L.Trainer, metrics: dict[str, float], run_dir: Path, 
     where = run_dir.resolve()
     lines += [f"  run directory  {where}", f"  tensorboard    tensorboard --logdir '{where}'"]
     if any(where.glob("checkpoints/*.ckpt")):
-        # Run names hold ',' and '=', which a Hydra override value only takes inside quotes.
-        lines.append(f"  resume         normlab-train ckpt_path=last \"hydra.run.dir='{where}'\" trainer.max_steps=N")
+        lines.append(f"  resume         {resume_command(where)}")
     print("\n".join(lines), flush=True)
+
+
+def resume_command(run_dir: Path) -> str:
+    """The command that resumes this run: its own overrides (the config comes from the command
+    line, not the checkpoint), ``ckpt_path=last`` and the run directory, quoted for shell and Hydra."""
+    skip = ("ckpt_path=", "hydra.run.dir=", "trainer.max_steps=")
+    own = [o for o in HydraConfig.get().overrides.task if not o.startswith(skip)] if HydraConfig.initialized() else []
+    # Run names hold ',' and '=', which a Hydra override value only takes inside quotes.
+    words = ["normlab-train", *map(shlex.quote, own), "ckpt_path=last", f"\"hydra.run.dir='{run_dir}'\""]
+    return " ".join([*words, "trainer.max_steps=N"])
 
 
 def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:

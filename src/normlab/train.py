@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from pathlib import Path
@@ -21,7 +20,6 @@ from normlab.errors import ConfigError
 from normlab.module import Classifier
 from normlab.runs import config_dir, find_checkpoint, register_resolvers
 
-log = logging.getLogger("normlab")
 register_schemas()
 register_resolvers()
 
