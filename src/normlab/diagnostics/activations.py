@@ -1,9 +1,11 @@
 """The activation statistics of logging steps: which device tensors to compute, and how the host
 turns them into each step's scalars and histograms.
 
-An ``ActivationLayout`` is built once for a set of watched modules and output shapes, so that a
-logging step runs a fixed list of device operations, and the host derives the statistics of
-several steps at once from arrays of fixed shape.
+An ``ActivationLayout`` is built once for a set of watched modules and output shapes. A logging
+step copies its outputs into a row of the layout's buffer on the device (one ``cat``) and computes
+its few small tensors; the histograms and moments of up to ``ROWS`` steps are then taken by one
+fixed list of operations over their rows, while the rows still fit in a core's cache. The host
+derives the statistics of many steps at once from arrays of fixed shape.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ import torch
 from torch import Tensor
 
 from normlab.diagnostics import stats
-from normlab.diagnostics.stats import Bins, SegmentedHistogram
+from normlab.diagnostics.stats import Bins, Chunks, SegmentedHistogram
 from normlab.diagnostics.watch import SATURATING, Watched
 
 # Percentiles and saturation are read from histograms this many times finer than the written ones.
-FINE = 4
+FINE = 2
+# The outputs of up to this many steps wait on the device and are binned together, as long as
+# they fit in this many bytes.
+ROWS = 4
+CACHE_BYTES = 2**20
 
 
 class ActivationLayout:
@@ -35,6 +41,7 @@ class ActivationLayout:
         bins: the written bins of unbounded outputs (sigmoid and tanh use their own bounds).
         percentiles: in percent, e.g. ``[15, 50, 85]``.
         saturation_threshold: see ``TrainingDiagnostics``.
+        rows: the most steps whose outputs wait for ``statistics`` (fewer for large outputs).
     """
 
     def __init__(
@@ -46,14 +53,17 @@ class ActivationLayout:
         bins: Bins,
         percentiles: Sequence[float],
         saturation_threshold: float,
+        rows: int = ROWS,
     ) -> None:
         self.watched = list(watched)
         segments = len(self.watched)
         written = [Bins(*SATURATING[w.kind], bins.count) if w.saturating else bins for w in self.watched]
         fine = [b.refined(FINE) for b in written]
         numels = [o.numel() for o in outputs]
-        self.histogram = SegmentedHistogram(numels, fine, outputs[0].device)
-        self.runs = stats.equal_runs(numels)
+        self.device = outputs[0].device
+        self.shapes = [tuple(o.shape) for o in outputs]
+        self.chunks = Chunks(numels)  # where each output lies in the step's buffer
+        self.histogram = SegmentedHistogram(self.chunks, fine, self.device)
         self.low = np.array([b.low for b in fine])
         self.width = np.array([b.width for b in fine])
         self.q = np.asarray(percentiles, dtype=np.float64) / 100
@@ -65,7 +75,7 @@ class ActivationLayout:
             for s in self.saturating
         ]
         self.rectifiers = [s for s, w in enumerate(self.watched) if w.rectifier]
-        self.units = np.array([stats.unit_maxima(outputs[s]).numel() for s in self.rectifiers], dtype=np.int64)
+        self.units = np.array([stats.unit_maxima(outputs[s][None]).shape[1] for s in self.rectifiers], dtype=np.int64)
 
         # batch norms: per-channel arrays over all of them, in segment order
         self.batchnorms = [s for s, w in enumerate(self.watched) if w.batchnorm]
@@ -73,24 +83,16 @@ class ActivationLayout:
         per_channel = [outputs[s].numel() // outputs[s].shape[1] for s in self.batchnorms]
         self._per_channel = np.repeat(per_channel, self.channels).astype(np.float64)
         self._eps = np.repeat([self.watched[s].module.eps for s in self.batchnorms], self.channels)
-        # batch norms with inputs of the same shape are reduced together: [sums, squares] per group
+        # batch norms with inputs of the same shape are reduced together; on the device the sums of
+        # each group follow one another, then their squares: where each batch norm's channels land
         self.bn_groups: list[list[int]] = []  # positions in `batchnorms`
         for b, s in enumerate(self.batchnorms):
-            same = [g for g in self.bn_groups if outputs[self.batchnorms[g[0]]].shape == outputs[s].shape]
+            same = [g for g in self.bn_groups if self.shapes[self.batchnorms[g[0]]] == self.shapes[s]]
             same[0].append(b) if same else self.bn_groups.append([b])
-        sums, offset = np.zeros(int(self.channels.sum()), np.int64), 0
-        starts = np.cumsum([0, *self.channels[:-1]]).astype(np.int64)
-        for group in self.bn_groups:
-            width = int(sum(self.channels[b] for b in group))
-            for b in group:
-                sums[starts[b] : starts[b] + self.channels[b]] = offset + np.arange(self.channels[b])
-                offset += self.channels[b]
-            offset += width  # the group's squares follow its sums
-        self._bn_sums = sums
-        self._bn_squares = sums + np.repeat(
-            [sum(self.channels[b] for b in g) for g in self.bn_groups for _ in g],
-            [self.channels[b] for g in self.bn_groups for b in g],
-        )
+        starts = np.cumsum([0, *self.channels])
+        order = [b for group in self.bn_groups for b in group]
+        self._bn_sums = np.concatenate([np.arange(starts[b], starts[b + 1]) for b in order] or [[]]).astype(np.int64)
+        self._bn_sums = np.argsort(self._bn_sums, kind="stable")  # device position of each channel, in order
         means = [running_offsets[s] + np.arange(c) for s, c in zip(self.batchnorms, self.channels, strict=True)]
         self._running_mean = np.concatenate(means) if means else np.zeros(0, np.int64)
         self._running_var = self._running_mean + running_size // 2
@@ -98,6 +100,11 @@ class ActivationLayout:
         self.affine_sizes = np.array([self.watched[s].module.num_features for s in self.affine], dtype=np.int64)
         self.tags = self._tags(percentiles)
         self.segments = segments
+        # each row a step's outputs laid end to end, until ``statistics``; as many rows as fit in a
+        # core's cache, so that the steps' histograms and moments take one pass of operations
+        self.capacity = max(1, min(rows, CACHE_BYTES // (4 * self.chunks.total)))
+        self._values = torch.empty(self.capacity, self.chunks.total, device=self.device)
+        self._small: list[dict[str, Tensor]] = []  # per filled row, its step's other tensors
 
     def _tags(self, percentiles: Sequence[float]) -> list[str]:
         """Scalar tag names, in the order of ``values``' columns."""
@@ -111,62 +118,70 @@ class ActivationLayout:
         return tags
 
     # ------------------------------------------------------------------------- on the device
-    def tensors(
-        self, outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor], running: Tensor | None
-    ) -> tuple[dict[str, Tensor], Tensor]:
-        """The step's device tensors but the histograms, and the concatenated outputs (for ``histograms``).
+    @property
+    def used(self) -> int:
+        """Rows filled since the last ``statistics``."""
+        return len(self._small)
+
+    @property
+    def full(self) -> bool:
+        return self.used == self.capacity
+
+    def capture(self, outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor], running: Tensor | None) -> None:
+        """Copy a step's outputs into the next row, and compute its small tensors at once: maxima
+        of rectifier units, batch-norm input moments and running statistics, gamma and beta.
 
         Args:
             outputs: the watched modules' outputs, in layout order.
             bn_inputs: the inputs of the batch norms, in layout order.
             running: the recorder's snapshot of running statistics.
         """
-        flat = torch.cat([o.reshape(-1) for o in outputs]).float()
-        out = {"moments": stats.segment_moments(flat, self.runs)}
+        if self.full:
+            raise RuntimeError("the layout's rows are full: take their statistics first")
+        self.chunks.fill(self._values[self.used], outputs)
+        small = {}
         if self.rectifiers:
-            out["maxima"] = torch.cat([stats.unit_maxima(outputs[s]) for s in self.rectifiers]).float()
+            small["maxima"] = torch.cat([stats.unit_maxima(outputs[s][None]) for s in self.rectifiers], dim=1).float()
         if self.batchnorms:
-            groups = [stats.channel_moments([bn_inputs[b] for b in group]) for group in self.bn_groups]
-            out["bn_moments"] = groups[0] if len(groups) == 1 else torch.cat(groups)
-            out["running"] = running
+            groups = [stats.channel_moments(_stack([bn_inputs[b] for b in group])) for group in self.bn_groups]
+            sums, squares = zip(*groups, strict=True)
+            small["bn_moments"] = torch.cat([m.reshape(-1) for m in sums + squares]).float()[None]
+            small["running"] = running[None]
         if self.affine:
             modules = [self.watched[s].module for s in self.affine]
-            out["affine"] = torch.cat([m.weight for m in modules] + [m.bias for m in modules]).float()
-        return out, flat
+            small["affine"] = torch.cat([m.weight for m in modules] + [m.bias for m in modules]).float()[None]
+        self._small.append(small)
 
-    @staticmethod
-    def finite(moments: Sequence[float]) -> bool:
-        """Whether the outputs were all finite, from the host copy of their moments (a NaN or Inf
-        makes its segment's sum non-finite)."""
-        return all(map(math.isfinite, moments))
-
-    def histograms(
-        self, tensors: dict[str, Tensor], flat: Tensor, finite: bool, reduce: Callable[[Tensor], Tensor] | None = None
-    ) -> None:
-        """Add the cumulative histogram counts to ``tensors``; for outputs that are not ``finite``,
-        recount everything over the finite values only, with each NaN and Inf counted apart.
+    def statistics(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
+        """The device tensors of the filled rows, ``(rows, size)`` each, which are then free again:
+        moments and cumulative histogram counts of each output, and the tensors of ``capture``.
+        Outputs with a NaN or Inf are counted exactly (each such value in its output's slot 0),
+        the others on a faster path.
 
         Args:
-            tensors: the step's tensors from ``tensors``.
-            flat: the concatenated outputs.
-            finite: whether they are all finite (``finite`` of the moments).
-            reduce: sums a tensor over the ranks of data parallelism.
+            reduce: sums a tensor over the ranks of data parallelism (histograms and moments).
         """
-        if finite:
-            counts = self.histogram.finite(flat)
+        values = self._values[: self.used]
+        moments = stats.chunk_moments(values)
+        if math.isfinite(moments.sum().item()):  # no NaN or Inf (or an overflow, which is counted exactly too)
+            counts = self.histogram.finite(values)
         else:
-            counts = self.histogram.exact(flat)
-            tensors["moments"] = stats.segment_moments(flat, self.runs, exact=True).float()
+            counts = self.histogram.exact(values)
+            moments = stats.chunk_moments(values, exact=True).float()
         if reduce is not None:
-            sizes = [counts.numel(), tensors["moments"].numel()]
-            counts, tensors["moments"] = reduce(torch.cat([counts, tensors["moments"]])).split(sizes)
-        tensors["cumulative"] = counts.cumsum(0)
+            sizes = [counts.shape[1], moments.shape[1]]
+            counts, moments = reduce(torch.cat([counts, moments], dim=1)).split(sizes, dim=1)  # as float32
+        out = {"moments": moments, "cumulative": counts.cumsum(1)}
+        small, self._small = self._small, []
+        for key in small[0]:
+            out[key] = small[0][key] if len(small) == 1 else torch.cat([row[key] for row in small])
+        return out
 
     # ------------------------------------------------------------------------- on the host
     def values(self, host: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         """Scalars ``(steps, len(tags))`` and histograms ``(steps, segments, 3 + bins)`` (number of
-        values, sum, sum of squares, counts) of several steps at once; ``host`` holds each device
-        tensor of ``tensors`` and ``histograms`` as a ``(steps, size)`` array."""
+        values, sum, sum of squares, counts) of several steps at once; ``host`` holds each tensor of
+        ``statistics`` as a ``(steps, size)`` array."""
         steps, segments = len(host["moments"]), self.segments
         # per segment: slot 0 counts NaN and Inf, then the bins; the counts arrive cumulated
         total = host["cumulative"].reshape(steps, segments, -1)
@@ -175,8 +190,8 @@ class ActivationLayout:
         nonfinite = (total[:, :, 0] - before).ravel()
         cdf = (total[:, :, 1:] - total[:, :, :1]).reshape(steps * segments, -1)
         n = cdf[:, -1]
-        moments = host["moments"].astype(np.float64)
-        sums, squares = moments[:, :segments].ravel(), moments[:, segments:].ravel()
+        moments = self.chunks.per_tensor(host["moments"].astype(np.float64).reshape(steps, 2, -1))
+        sums, squares = moments[:, 0].ravel(), moments[:, 1].ravel()
         mean, std = stats.mean_std(n, sums, squares)
         pct = stats.percentiles(cdf, np.tile(self.low, steps), np.tile(self.width, steps), self.q)
         columns = [np.column_stack([pct, mean, std, nonfinite]).reshape(steps, -1)]
@@ -194,9 +209,10 @@ class ActivationLayout:
             columns.append(stats.group_means((host["maxima"] <= 0).astype(np.float64), self.units))
         if self.batchnorms:
             bn, running = host["bn_moments"].astype(np.float64), host["running"].astype(np.float64)
+            total = int(self.channels.sum())
             drift = stats.batchnorm_drift(
                 bn[:, self._bn_sums],
-                bn[:, self._bn_squares],
+                bn[:, total + self._bn_sums],
                 self._per_channel,
                 running[:, self._running_mean],
                 running[:, self._running_var],
@@ -209,3 +225,7 @@ class ActivationLayout:
             columns.append(np.stack(means, axis=2).reshape(steps, -1))
         histograms = np.column_stack([n, sums, squares, stats.coarsen(cdf, FINE)])
         return np.concatenate(columns, axis=1), histograms.reshape(steps, segments, -1)
+
+
+def _stack(tensors: list[Tensor]) -> Tensor:
+    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)

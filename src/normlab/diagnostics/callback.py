@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from normlab.diagnostics.writer import (
     custom_scalars_layout,
     tensorboard_logger,
     use_fast_checksums,
-    write_summary,
+    write_summaries,
 )
 
 ON_NONFINITE = ("stop", "warn")
@@ -40,25 +40,20 @@ WRITE_SECONDS = 10.0  # TensorBoard itself flushes event files every 120 s
 
 @dataclass
 class _Step:
-    """What one logging step has gathered, as device tensors until it is written."""
+    """What one logging step has gathered, on the device until it is written."""
 
     step: int
     seconds: float = 0.0  # time its hooks took
     layout: ActivationLayout | None = None
-    activations: dict[str, Tensor] | None = None
+    activations: dict[str, Tensor] | None = None  # (1, size) each
     params: dict[str, Any] | None = None
     loss: float | None = None
 
-    def tensors(self) -> dict[str, Tensor]:
-        """Its 1-D device tensors, by name."""
-        out = {f"act.{k}": v for k, v in (self.activations or {}).items()}
-        out.update({f"params.{k}": v for k, v in (self.params or {}).items() if isinstance(v, Tensor)})
-        return out
-
-    def group(self, tensors: dict[str, Tensor]) -> tuple:
+    def group(self) -> tuple:
         """Steps of one group have tensors of the same shapes: their numbers are derived together."""
+        params = tuple(k for k, v in self.params.items() if isinstance(v, Tensor)) if self.params else ()
         present = self.params["present"] if self.params else None
-        return (id(self.layout), present, tuple(tensors), self.loss is not None)
+        return (id(self.layout), present, params, self.loss is not None)
 
 
 class TrainingDiagnostics(L.Callback):
@@ -80,8 +75,8 @@ class TrainingDiagnostics(L.Callback):
             conv layers (pre-activations), batch norms and the usual activations.
         include: ``fnmatch`` patterns of module names to watch, as the tags show them. Default ``["*"]``.
         exclude: patterns of module names not to watch. Default none.
-        bins: histogram bins per module; percentiles and saturation are read from bins 8 times
-            finer. Default 80.
+        bins: histogram bins per module; percentiles and saturation are read from bins twice as
+            fine. Default 80.
         hist_range: ``[low, high]`` of the histograms; sigmoid and tanh outputs use their own
             bounds instead. Values outside fall into the edge bins. Default ``[-8, 8]``.
         percentiles: percentiles logged per module. Default ``[15, 50, 85]`` (Ioffe & Szegedy, Fig. 1).
@@ -171,7 +166,7 @@ class TrainingDiagnostics(L.Callback):
         self._layouts: dict[tuple, ActivationLayout] = {}
         self._templates: dict[tuple, SummaryTemplate] = {}
         self._pending: _Step | None = None  # the logging step under way
-        self._outputs: Tensor | None = None  # its watched outputs, concatenated, until the histograms
+        self._binning: list[_Step] = []  # steps whose outputs wait in their layout's rows
         self._unwritten: list[_Step] = []
         self._unwritten_since = 0.0
         self._batch: Any = None
@@ -235,13 +230,11 @@ class TrainingDiagnostics(L.Callback):
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
         record = self._pending
-        if not self._recorder.attached:
-            loss_value = loss.item()  # the one sync of an ordinary step
-        else:  # the forward pass of a logging step is over
+        if self._recorder.attached:  # the forward pass of a logging step is over
             start = time.perf_counter()
-            with torch.no_grad():
-                loss_value = self._activation_statistics(trainer, loss)
+            self._capture_activations(trainer)
             record.seconds += time.perf_counter() - start
+        loss_value = loss.item()  # the one sync of an ordinary step
         if record is not None and record.loss is None:
             record.loss = loss_value / self._loss_scale(trainer)
         if not math.isfinite(loss_value) and not self.summary.diverged:
@@ -279,10 +272,7 @@ class TrainingDiagnostics(L.Callback):
         if record is not None:
             start = time.perf_counter()
             if self._recorder.attached:  # a batch without a backward pass
-                self._activation_tensors(trainer)
-                if record.activations is not None:
-                    record.layout.histograms(record.activations, self._outputs, finite=False)
-                    self._outputs = None
+                self._capture_activations(trainer)
             if trainer.global_step > record.step:  # the optimizer has stepped: the update is known
                 self._pending = None
                 if record.params is not None:
@@ -304,23 +294,10 @@ class TrainingDiagnostics(L.Callback):
             self._write(trainer)
 
     # ------------------------------------------------------------------------- statistics
-    def _activation_statistics(self, trainer: L.Trainer, loss: Tensor) -> float:
-        """Compute a logging step's activation statistics on the device; return the loss, which
-        comes to the host with the moments that tell whether the outputs were finite."""
-        self._activation_tensors(trainer)
-        record = self._pending
-        act = record.activations
-        checks = [loss.detach().reshape(1)] + ([act["moments"]] if act is not None else [])
-        loss_value, *moments = torch.cat(checks).tolist()
-        if act is not None:
-            reduce = (lambda t: trainer.strategy.reduce(t, reduce_op="sum")) if self._reduces(trainer) else None
-            record.layout.histograms(act, self._outputs, ActivationLayout.finite(moments), reduce)
-            self._outputs = None
-        return loss_value
-
     @torch.no_grad()
-    def _activation_tensors(self, trainer: L.Trainer) -> None:
-        """Detach the hook and start the step's activation statistics on the device."""
+    def _capture_activations(self, trainer: L.Trainer) -> None:
+        """Detach the hook and hand the step's outputs to their layout, which bins those of a few
+        steps together (all ranks at once when they sum their histograms)."""
         recorder, record = self._recorder, self._pending
         recorder.detach()
         if not recorder.outputs:
@@ -334,9 +311,29 @@ class TrainingDiagnostics(L.Callback):
         outputs = [recorder.outputs[i] for i in indices]
         layout = self._layout(indices, outputs)
         bn_inputs = [recorder.bn_inputs[indices[s]] for s in layout.batchnorms]
-        record.activations, self._outputs = layout.tensors(outputs, bn_inputs, recorder.running)
-        record.layout = layout
+        if layout.full:
+            self._take_statistics(layout)
+        layout.capture(outputs, bn_inputs, recorder.running)
         recorder.release()
+        record.layout = layout
+        self._binning.append(record)
+        if self._reduces(trainer):
+            self._take_statistics(layout, lambda t: trainer.strategy.reduce(t, reduce_op="sum"))
+
+    def _take_statistics(self, layout: ActivationLayout, reduce: Callable[[Tensor], Tensor] | None = None) -> None:
+        """Give the steps waiting in ``layout`` their activation tensors."""
+        waiting = [r for r in self._binning if r.layout is layout]
+        self._binning = [r for r in self._binning if r.layout is not layout]
+        tensors = layout.statistics(reduce)
+        for i, record in enumerate(waiting):
+            record.activations = {k: v[i : i + 1] for k, v in tensors.items()}
+
+    def _binned(self, records: list[_Step]) -> None:
+        """Take the statistics of every layout where one of ``records`` waits."""
+        for layout in {
+            id(r.layout): r.layout for r in records if r.layout is not None and r.activations is None
+        }.values():
+            self._take_statistics(layout)
 
     def _layout(self, indices: tuple[int, ...], outputs: list[Tensor]) -> ActivationLayout:
         """The layout of these modules' outputs, built on the first step that has their shapes."""
@@ -357,8 +354,9 @@ class TrainingDiagnostics(L.Callback):
         """Whether each watched module's output was finite on this step, in the order they ran
         (nothing when the step recorded none)."""
         record = self._pending
-        if record is None or record.step != step or record.activations is None:
+        if record is None or record.step != step or record.layout is None:
             return []
+        self._binned([record])
         total = record.activations["cumulative"].view(record.layout.segments, -1)
         before = torch.cat([total.new_zeros(1), total[:-1, -1]])
         finite = (total[:, 0] == before).tolist()  # nothing in slot 0: no NaN or Inf
@@ -372,12 +370,18 @@ class TrainingDiagnostics(L.Callback):
         """Move the waiting steps' tensors to the host in one copy, derive their statistics group by
         group, and write one event per step."""
         records, self._unwritten = self._unwritten, []
+        if not records:
+            return
+        self._binned(records)
         start = time.perf_counter()
-        groups: dict[tuple, list[tuple[_Step, dict[str, Tensor]]]] = {}
+        groups: dict[tuple, list[_Step]] = {}
         for record in records:
-            tensors = record.tensors()
-            groups.setdefault(record.group(tensors), []).append((record, tensors))
-        derived = [(members, *self._group_values(members, batch)) for members, batch in _to_host(list(groups.values()))]
+            groups.setdefault(record.group(), []).append(record)
+        members = list(groups.values())
+        device = [self._device_tensors(group) for group in members]
+        derived = [
+            (group, *self._group_values(group, host)) for group, host in zip(members, _to_host(device), strict=True)
+        ]
         shared = (time.perf_counter() - start) / len(records)  # the host's work, split among the steps
         events: dict[int, bytes] = {}
         for members, tags, table, histograms, specs in derived:
@@ -385,9 +389,17 @@ class TrainingDiagnostics(L.Callback):
             template = self._template([*tags, "diag/time_ms"], specs)
             encoded = template.encode(np.concatenate([table, seconds], axis=1), histograms)
             events.update({r.step: data for r, data in zip(members, encoded, strict=True)})
-        logger = tensorboard_logger(trainer)
-        for record in records:
-            write_summary(logger, record.step, events[record.step])
+        write_summaries(tensorboard_logger(trainer), [(r.step, events[r.step]) for r in records])
+
+    def _device_tensors(self, records: list[_Step]) -> dict[str, Tensor]:
+        """The device tensors of steps of one group, ``(steps, size)`` each, by name."""
+        first, out = records[0], {}
+        if first.activations is not None:
+            out.update({f"act.{k}": torch.cat([r.activations[k] for r in records]) for k in first.activations})
+        if first.params is not None:
+            tensors = [k for k, v in first.params.items() if isinstance(v, Tensor)]
+            out.update({f"params.{k}": torch.stack([r.params[k] for r in records]) for k in tensors})
+        return out
 
     def _group_values(
         self, records: list[_Step], batch: dict[str, np.ndarray]
@@ -402,7 +414,7 @@ class TrainingDiagnostics(L.Callback):
             params = {k.split(".", 1)[1]: v for k, v in batch.items() if k.startswith("params.")}
             tags += self._parameters.tags
             columns.append(self._parameters.values(params, first.params["present"]))
-        if first.layout is not None:
+        if first.activations is not None:
             act = {k.split(".", 1)[1]: v for k, v in batch.items() if k.startswith("act.")}
             values, histograms = first.layout.values(act)
             tags += first.layout.tags
@@ -444,6 +456,9 @@ class TrainingDiagnostics(L.Callback):
         self._pending = None  # a step the optimizer never finished
         if self._unwritten:
             self._write(trainer)
+        for layout in {id(r.layout): r.layout for r in self._binning}.values():
+            layout.statistics()  # frees the rows of the steps never written
+        self._binning = []
         self.summary.global_step = trainer.global_step
         if trainer.fast_dev_run or self._summary_file is None:
             return
@@ -456,7 +471,7 @@ class TrainingDiagnostics(L.Callback):
         if logger is not None:
             scalars = self.summary.hparam_scalars()
             data = SummaryTemplate(list(scalars)).encode(np.array([list(scalars.values())]))[0]
-            write_summary(logger, trainer.global_step, data)
+            write_summaries(logger, [(trainer.global_step, data)])
         if self.summary.diverged:
             print(
                 f"diverged at step {self.summary.divergence_step} in layer {self.summary.divergence_layer}", flush=True
@@ -469,20 +484,19 @@ class TrainingDiagnostics(L.Callback):
         self.summary.load(state_dict.get("summary", {}))
 
 
-def _to_host(
-    groups: list[list[tuple[_Step, dict[str, Tensor]]]],
-) -> list[tuple[list[_Step], dict[str, np.ndarray]]]:
-    """One device-to-host copy for all the tensors of several groups of steps; each group comes back
-    as ``{name: (steps, size) array}`` (its steps' tensors have the same shapes)."""
-    flat = torch.cat([t for group in groups for _, tensors in group for t in tensors.values()]).cpu().numpy()
+def _to_host(groups: list[dict[str, Tensor]]) -> list[dict[str, np.ndarray]]:
+    """One device-to-host copy, in float64, of the ``(steps, size)`` tensors of several groups of steps."""
+    tensors = [t for group in groups for t in group.values()]
+    if not tensors:  # only losses
+        return [{} for _ in groups]
+    flat = torch.empty(sum(t.numel() for t in tensors), dtype=torch.float64, device=tensors[0].device)
+    torch.cat([t.reshape(-1) for t in tensors], out=flat)
+    flat = flat.cpu().numpy()
     out, offset = [], 0
     for group in groups:
-        first = group[0][1]
-        sizes = [t.numel() for t in first.values()]
-        block = flat[offset : offset + len(group) * sum(sizes)].reshape(len(group), -1)
-        ends = np.cumsum(sizes)
-        out.append(
-            ([r for r, _ in group], {key: block[:, e - n : e] for key, n, e in zip(first, sizes, ends, strict=True)})
-        )
-        offset += block.size
+        host = {}
+        for key, t in group.items():
+            host[key] = flat[offset : offset + t.numel()].reshape(t.shape)
+            offset += t.numel()
+        out.append(host)
     return out

@@ -44,108 +44,147 @@ class Bins:
 
 
 # ----------------------------------------------------------------------------- on the device
-class SegmentedHistogram:
-    """Histograms of several tensors (segments) at once: one count over their concatenation.
+# On a CPU most of the cost of a small tensor operation is launching it, so the tensors of a step
+# are laid end to end in one buffer and reduced chunk by chunk: a few operations for all of them.
+CHUNK = 256
 
-    Each segment has its own range but all have the same number of bins. Segment ``s`` owns the
-    slots ``s * (bins + 1) + [0, bins]`` of the counts: slot 0 for NaN and infinite values, then
-    one per bin. Consecutive segments of equal size are binned as the rows of one matrix, each
-    row with its own scale, in float32 and int32, which the CPU kernels vectorize. ``finite`` is
-    the fast path for values known to be finite; ``exact`` sets the non-finite ones apart.
+
+class Chunks:
+    """Tensors laid end to end in one flat buffer, each padded with zeros to whole chunks of
+    ``size`` values, so that one ``view(-1, size)`` reduces every tensor chunk by chunk, and the
+    host adds each tensor's chunks up (``per_tensor``). The padding zeros change no sum or norm;
+    histograms take them out again (``SegmentedHistogram``).
 
     Args:
-        numels: number of elements of each segment, in the order of the concatenation.
+        numels: number of values of each tensor, in buffer order.
+        size: values per chunk.
+    """
+
+    def __init__(self, numels: Sequence[int], size: int = CHUNK) -> None:
+        self.numels = [int(n) for n in numels]
+        self.size = size
+        self.counts = np.array([max(1, -(-n // size)) for n in self.numels], dtype=np.int64)  # chunks per tensor
+        self.first = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)  # each tensor's first chunk
+        self.starts = (self.first * size).tolist()  # where each tensor starts in the buffer
+        self.pads = (self.counts * size - np.array(self.numels, dtype=np.int64)).tolist()
+        self.chunks = int(self.counts.sum())
+        self.total = self.chunks * size
+        self.owner = np.repeat(np.arange(len(self.numels)), self.counts)  # the tensor of each chunk
+        self._zeros: Tensor | None = None
+
+    def fill(self, out: Tensor, tensors: Sequence[Tensor | None]) -> None:
+        """Copy ``tensors`` (``None`` for all zeros) into the 1-D ``out`` of ``total`` values, in one operation."""
+        if self._zeros is None or self._zeros.device != out.device or self._zeros.dtype != out.dtype:
+            longest = max(max(self.pads), max(self.numels))
+            self._zeros = torch.zeros(longest, device=out.device, dtype=out.dtype)
+        pieces = []
+        for t, n, pad in zip(tensors, self.numels, self.pads, strict=True):
+            pieces.append(self._zeros[:n] if t is None else t.reshape(-1))
+            if pad:
+                pieces.append(self._zeros[:pad])
+        torch.cat(pieces, out=out)
+
+    def per_tensor(self, per_chunk: np.ndarray) -> np.ndarray:
+        """Sums of each tensor's chunks: ``(..., chunks)`` -> ``(..., tensors)``."""
+        return np.add.reduceat(per_chunk, self.first, axis=-1)
+
+
+def chunk_norms(values: Tensor, size: int = CHUNK) -> Tensor:
+    """L2 norm of each chunk of ``size`` values: ``(..., n * size)`` -> ``(..., n)``."""
+    return torch.linalg.vector_norm(values.view(*values.shape[:-1], -1, size), dim=-1)
+
+
+def chunk_moments(values: Tensor, size: int = CHUNK, exact: bool = False) -> Tensor:
+    """Sum and sum of squares of each chunk of each step: ``(steps, n * size)`` -> ``(steps, 2 * n)``,
+    all sums first (additive, so that ranks can sum them).
+
+    A NaN or infinite value makes its chunk's numbers non-finite unless ``exact``, which leaves
+    such values out (and adds up in float64).
+    """
+    x = torch.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0).double() if exact else values
+    x = x.view(x.shape[0], -1, size)
+    return torch.cat([x.sum(2), torch.linalg.vector_norm(x, dim=2).square_()], dim=1)
+
+
+class SegmentedHistogram:
+    """Histograms of several tensors (segments) at once, for several steps: one count over all.
+
+    A step's segments lie in one row of ``(steps, total)`` values, laid out by ``Chunks``. Each
+    segment has its own range but all have the same number of bins. Segment ``s`` owns the slots
+    ``s * (bins + 1) + [0, bins]`` of a step's counts: slot 0 for NaN and infinite values, then one
+    per bin. Every chunk is binned with its own scale by the same few operations, in float32 and
+    int32, which the CPU kernels vectorize; the padding zeros are then taken out of the bin they
+    fell in. ``finite`` is the fast path for values known to be finite; ``exact`` sets the
+    non-finite ones apart.
+
+    Args:
+        layout: where each segment lies in a row.
         bins: the bins of each segment (all with the same ``count``).
         device: the segments' device.
     """
 
-    def __init__(self, numels: Sequence[int], bins: Sequence[Bins], device: torch.device) -> None:
+    def __init__(self, layout: Chunks, bins: Sequence[Bins], device: torch.device) -> None:
         counts = {b.count for b in bins}
-        if len(counts) != 1 or len(numels) != len(bins):
+        if len(counts) != 1 or len(layout.numels) != len(bins):
             raise ValueError(f"one Bins per segment, all with the same count, got {list(bins)}")
-        self.numels = list(numels)
+        self.layout = layout
         self.bins = list(bins)
         self.count = counts.pop()
         self.slots = len(bins) * (self.count + 1)
-        self.runs = equal_runs(self.numels)
+        scale = np.float32([1.0 / b.width for b in bins])
+        shift = np.float32([-b.low / b.width for b in bins])
+        first = np.arange(len(bins)) * (self.count + 1) + 1
 
-        def per_row(values: list[float], dtype: torch.dtype = torch.float32) -> list[Tensor]:
-            # one column per run of equal-sized segments, broadcast over each row's values
-            column = torch.tensor(values, device=device, dtype=dtype)
-            return [column[first : first + rows, None] for first, rows, _ in self.runs]
+        def per_chunk(values: np.ndarray, dtype: torch.dtype) -> Tensor:
+            return torch.tensor(values[layout.owner], device=device, dtype=dtype)[:, None]
 
-        self._scale = per_row([1.0 / b.width for b in bins])
-        self._shift = per_row([-b.low / b.width for b in bins])
-        self._first = per_row([s * (self.count + 1) + 1 for s in range(len(bins))], torch.int32)
+        self._scale = per_chunk(scale, torch.float32)
+        self._shift = per_chunk(shift, torch.float32)
+        self._first = per_chunk(first, torch.int32)
+        # a padding zero lands where the binning below puts 0.0: trunc(clamp(shift, 0, count - 1))
+        zero_slot = first + np.clip(shift, 0, self.count - 1).astype(np.int64)
+        padding = np.zeros(self.slots, dtype=np.int64)
+        np.add.at(padding, zero_slot, layout.pads)
+        self._padding = torch.tensor(padding, device=device)
 
-    def finite(self, flat: Tensor) -> Tensor:
-        """Counts ``(slots,)`` of the concatenated segments ``flat`` (1-D float32, all finite)."""
-        return self._count(flat)
+    def finite(self, values: Tensor) -> Tensor:
+        """Counts ``(steps, slots)`` of the rows of ``values`` ``(steps, total)``, all finite."""
+        return self._count(values)
 
-    def exact(self, flat: Tensor) -> Tensor:
-        """Counts ``(slots,)`` of any values, each NaN or Inf in its segment's slot 0."""
+    def exact(self, values: Tensor) -> Tensor:
+        """Counts ``(steps, slots)`` of any values, each NaN or Inf in its segment's slot 0."""
         nan = float("nan")
-        return self._count(torch.nan_to_num(flat, nan=nan, posinf=nan, neginf=nan), exact=True)
+        return self._count(torch.nan_to_num(values, nan=nan, posinf=nan, neginf=nan), exact=True)
 
-    def _count(self, flat: Tensor, exact: bool = False) -> Tensor:
-        slots, offset = [], 0
-        for (_, rows, size), scale, shift, first in zip(self.runs, self._scale, self._shift, self._first, strict=True):
-            values = flat[offset : offset + rows * size].view(rows, size)
-            slot = torch.addcmul(shift, values, scale).clamp_(0, self.count - 1)
-            if exact:  # NaN survives the clamp and becomes slot -1 of its segment
-                slot.nan_to_num_(-1.0)
-            slots.append(slot.int().add_(first).view(-1))
-            offset += rows * size
-        index = slots[0] if len(slots) == 1 else torch.cat(slots)
-        return torch.bincount(index, minlength=self.slots)
-
-
-def equal_runs(numels: Sequence[int]) -> list[tuple[int, int, int]]:
-    """Runs of consecutive segments of equal size: ``(first segment, segments, size)``."""
-    runs: list[tuple[int, int, int]] = []
-    for i, n in enumerate(numels):
-        if runs and runs[-1][2] == n:
-            first, count, _ = runs[-1]
-            runs[-1] = (first, count + 1, n)
-        else:
-            runs.append((i, 1, n))
-    return runs
+    def _count(self, values: Tensor, exact: bool = False) -> Tensor:
+        steps, size = values.shape[0], self.layout.size
+        slot = torch.addcmul(self._shift, values.view(steps, -1, size), self._scale).clamp_(0, self.count - 1)
+        if exact:  # NaN survives the clamp and becomes slot -1 of its segment
+            slot.nan_to_num_(-1.0)
+        index = slot.int().add_(self._first)
+        if steps > 1:  # each step its own slots
+            index.add_(
+                torch.arange(0, steps * self.slots, self.slots, device=values.device, dtype=torch.int32)[:, None, None]
+            )
+        counts = torch.bincount(index.view(-1), minlength=steps * self.slots).view(steps, self.slots)
+        return counts.sub_(self._padding)
 
 
-def segment_moments(flat: Tensor, runs: Sequence[tuple[int, int, int]], exact: bool = False) -> Tensor:
-    """Sum and sum of squares of each segment: ``(2 * segments,)``, all sums first (additive, so
-    that ranks can sum them).
+def channel_moments(inputs: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel sums and sums of squares of ``(k, N, C, ...)`` inputs: two ``(k, C)``."""
+    dims = [d for d in range(inputs.dim()) if d not in (0, 2)]
+    return inputs.sum(dims), (inputs * inputs).sum(dims)
 
-    Segments of equal size are reduced as the rows of one matrix, so a network whose layers have
-    the same width costs a couple of operations. A NaN or infinite value makes its segment's
-    numbers non-finite unless ``exact``, which leaves such values out.
 
-    Args:
-        flat: the segments, concatenated (1-D).
-        runs: ``equal_runs`` of the segment sizes.
-        exact: leave non-finite values out (in float64).
+def unit_maxima(outputs: Tensor) -> Tensor:
+    """Largest value of each unit over the batch, per step, from ``(steps, N, ...)`` outputs: ``(steps, units)``.
+
+    A unit is a feature of ``(N, C)`` outputs, a channel (dim 1) of ``(N, C, ...)``, and the
+    whole output of ``(N,)``.
     """
-    x = torch.nan_to_num(flat, nan=0.0, posinf=0.0, neginf=0.0).double() if exact else flat
-    sums, squares, offset = [], [], 0
-    for _, count, size in runs:
-        rows = x[offset : offset + count * size].view(count, size)
-        sums.append(rows.sum(1))
-        squares.append(torch.linalg.vector_norm(rows, dim=1).square_())
-        offset += count * size
-    return torch.cat(sums + squares)
-
-
-def channel_moments(inputs: Sequence[Tensor]) -> Tensor:
-    """Per-channel sums, then sums of squares, of same-shaped ``(N, C, ...)`` tensors: ``(2 * k * C,)``."""
-    x = torch.stack(list(inputs))  # (k, N, C, ...)
-    dims = [d for d in range(x.dim()) if d not in (0, 2)]
-    return torch.cat([x.sum(dims), (x * x).sum(dims)]).view(-1).float()
-
-
-def unit_maxima(output: Tensor) -> Tensor:
-    """Largest value of each unit over the batch: a feature of ``(N, C)``, a channel (dim 1) of ``(N, C, ...)``."""
-    dims = [d for d in range(output.dim()) if d != 1] if output.dim() > 1 else [0]
-    return output.amax(dim=dims)
+    if outputs.dim() == 2:
+        return outputs.amax(dim=1, keepdim=True)
+    return outputs.amax(dim=[d for d in range(1, outputs.dim()) if d != 2])
 
 
 def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
@@ -236,10 +275,11 @@ def batchnorm_drift(
         ``|batch mean - running mean| / running std`` and ``|batch var / running var - 1|``
         (biased batch variance, both variances plus ``eps``).
     """
-    mean = sums / n
-    var = np.maximum(squares / n - mean * mean, 0)
-    mean_drift = np.abs(mean - running_mean) / np.sqrt(running_var + eps)
-    var_drift = np.abs((var + eps) / (running_var + eps) - 1)
+    with np.errstate(invalid="ignore"):  # a non-finite input gives NaN
+        mean = sums / n
+        var = np.maximum(squares / n - mean * mean, 0)
+        mean_drift = np.abs(mean - running_mean) / np.sqrt(running_var + eps)
+        var_drift = np.abs((var + eps) / (running_var + eps) - 1)
     return mean_drift, var_drift
 
 

@@ -138,19 +138,29 @@ class SummaryTemplate:
         return [flat[i * size : (i + 1) * size] for i in range(steps)]
 
 
-def write_summary(logger: TensorBoardLogger, step: int, data: bytes) -> None:
-    """Write a serialized ``Summary`` as one event at ``step`` (call on rank zero only).
+def write_summaries(logger: TensorBoardLogger, summaries: Sequence[tuple[int, bytes]]) -> None:
+    """Write serialized ``Summary`` messages as one event each, ``(step, summary)``, on rank zero.
 
-    The event is encoded here too and handed to the event file's writer thread as bytes, which
-    saves parsing it into an ``Event`` only to serialize it again (when that writer is there).
+    TensorBoard's writer thread appends each event to the file on its own, opening the file
+    every time when TensorFlow is absent; here the events are framed as TFRecords (length,
+    masked CRC-32C of the length, event, masked CRC-32C of the event) and appended in one write.
+    Each append is whole records, so they cannot interleave with the writer thread's.
     """
-    event = b"\x09" + struct.pack("<d", time.time()) + b"\x10" + _varint(step) + _field(5, data)
     events = logger.experiment._get_file_writer().event_writer
-    queue = getattr(events, "_async_writer", None)
-    if queue is not None:
-        queue.write(event)
-    else:
-        events.add_event(Event.FromString(event))
+    encoded = [
+        b"\x09" + struct.pack("<d", time.time()) + b"\x10" + _varint(step) + _field(5, data) for step, data in summaries
+    ]
+    file = getattr(events, "_general_file_writer", None)
+    if file is None:  # another writer than TensorBoard's own: event by event
+        for event in encoded:
+            events.add_event(Event.FromString(event))
+        return
+    crc = record_writer.masked_crc32c
+    records = []
+    for event in encoded:
+        length = struct.pack("<Q", len(event))
+        records += [length, struct.pack("<I", crc(length)), event, struct.pack("<I", crc(event))]
+    file.write(b"".join(records))
 
 
 def custom_scalars_layout(modules: Sequence[str], percentile_tags: Sequence[str], layers: Sequence[str]) -> dict:
