@@ -279,26 +279,32 @@ def test_histograms_summed_over_ranks_give_the_same_percentiles() -> None:
 
 
 def test_parameter_layout_norms_per_layer() -> None:
-    net = MLP([8], 3, depth=2, width=16, norm="batch")
+    net = MLP([64], 3, depth=2, width=80, norm="batch")
     layout = ParameterLayout(parameter_layers(net))
     assert [layer.name for layer in layout.layers] == ["layer1.fc", "layer1.bn", "layer2.fc", "layer2.bn", "head"]
-    net(torch.randn(32, 8)).sum().backward()
-    before = [[p.detach().clone() for p in layer.params] for layer in layout.layers]
-    state = layout.before_step(layout.with_grad())
-    torch.optim.Adam(net.parameters(), lr=0.1).step()
-    layout.after_step(state)
-    host = {k: v.double().numpy()[None, :] for k, v in state.items() if isinstance(v, torch.Tensor)}
-    values = dict(zip(layout.tags, layout.values(host, state["present"])[0], strict=True))
-    for layer, old in zip(layout.layers, before, strict=True):
-        weight = math.sqrt(sum(float(p.norm()) ** 2 for p in old))
-        grad = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in layer.params))
-        update = math.sqrt(sum(float((p.detach() - q).norm()) ** 2 for p, q in zip(layer.params, old, strict=True)))
-        assert values[f"weight_norm/{layer.name}"] == pytest.approx(weight, rel=1e-5)
-        assert values[f"grad_norm/{layer.name}"] == pytest.approx(grad, rel=1e-5)
-        assert values[f"update_ratio/{layer.name}"] == pytest.approx(update / weight, rel=1e-4)
-        assert values[f"grad_nonfinite/{layer.name}"] == 0
-    total = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in net.parameters()))
-    assert values["grad_norm/global"] == pytest.approx(total, rel=1e-5)
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
+    for step in range(2):  # the second step reuses the buffers
+        optimizer.zero_grad()
+        net(torch.randn(32, 64)).sum().backward()
+        net.layer2.bn.bias.grad = None  # a parameter without a gradient this step
+        before = [[p.detach().clone() for p in layer.params] for layer in layout.layers]
+        state = layout.before_step(layout.with_grad())
+        optimizer.step()
+        layout.after_step(state)
+        host = {k: v.double().numpy()[None, :] for k, v in state.items() if isinstance(v, torch.Tensor)}
+        values = dict(zip(layout.tags, layout.values(host, state["present"])[0], strict=True))
+        grads = [[p.grad for p in layer.params if p.grad is not None] for layer in layout.layers]
+        for layer, old, grad in zip(layout.layers, before, grads, strict=True):
+            weight = math.sqrt(sum(float(p.norm()) ** 2 for p in old))
+            grad = math.sqrt(sum(float(g.norm()) ** 2 for g in grad))
+            update = math.sqrt(sum(float((p.detach() - q).norm()) ** 2 for p, q in zip(layer.params, old, strict=True)))
+            assert values[f"weight_norm/{layer.name}"] == pytest.approx(weight, rel=1e-5)
+            assert values[f"grad_norm/{layer.name}"] == pytest.approx(grad, rel=1e-5)
+            assert values[f"update_ratio/{layer.name}"] == pytest.approx(update / weight, rel=1e-4)
+            assert values[f"grad_nonfinite/{layer.name}"] == 0
+        total = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in net.parameters() if p.grad is not None))
+        assert values["grad_norm/global"] == pytest.approx(total, rel=1e-5)
+        assert layout.layer_grad_norms(state) == pytest.approx([values[f"grad_norm/{n.name}"] for n in layout.layers])
 
 
 # ----------------------------------------------------------------------------- names, hooks
