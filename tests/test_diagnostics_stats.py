@@ -283,7 +283,7 @@ def test_parameter_layout_norms_per_layer() -> None:
     layout = ParameterLayout(parameter_layers(net))
     assert [layer.name for layer in layout.layers] == ["layer1.fc", "layer1.bn", "layer2.fc", "layer2.bn", "head"]
     optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
-    for step in range(2):  # the second step reuses the buffers
+    for _ in range(2):  # the second step reuses the buffers
         optimizer.zero_grad()
         net(torch.randn(32, 64)).sum().backward()
         net.layer2.bn.bias.grad = None  # a parameter without a gradient this step
