@@ -174,7 +174,8 @@ def layout_of(recorder: ActivationRecorder, outputs: list[torch.Tensor]) -> Acti
     running = {s: offsets[i] for s, i in enumerate(indices) if i in offsets}
     size = 2 * sum(w.module.num_features for w in recorder.watched if w.batchnorm)
     watched = [recorder.watched[i] for i in indices]
-    return ActivationLayout(watched, outputs, running, size, Bins(-8, 8, 80), [15, 50, 85], 0.95)
+    sources = ActivationLayout.sources(outputs, bn_inputs_of(recorder))
+    return ActivationLayout(watched, outputs, sources, running, size, Bins(-8, 8, 80), [15, 50, 85], 0.95)
 
 
 def bn_inputs_of(recorder: ActivationRecorder) -> list[torch.Tensor]:
@@ -225,6 +226,7 @@ def captured_steps(
 def test_activation_layout_matches_numpy(activation: str, types: tuple[str, ...]) -> None:
     layout, seen, (values, histograms) = captured_steps(activation, types, steps=6)
     assert layout.capacity == 4  # the rows filled up once on the way
+    assert layout.bn_sources == ([0, 3] if "Linear" in types else [None, None])
     for step, saw in enumerate(seen):
         scalars = dict(zip(layout.tags, values[step], strict=True))
         for s, (w, out) in enumerate(zip(layout.watched, saw["outputs"], strict=True)):

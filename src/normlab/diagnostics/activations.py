@@ -35,6 +35,8 @@ class ActivationLayout:
     Args:
         watched: the modules that produced an output, in the order of ``outputs``.
         outputs: their outputs on the step the layout is built for (only the shapes are kept).
+        bn_sources: per watched batch norm, the position in ``outputs`` of its input, or ``None``
+            when its input is not watched (``sources``).
         running_offsets: segment -> where that batch norm's running mean starts in the recorder's
             snapshot of running statistics (the means of all watched batch norms, then their variances).
         running_size: length of that snapshot.
@@ -48,6 +50,7 @@ class ActivationLayout:
         self,
         watched: Sequence[Watched],
         outputs: Sequence[Tensor],
+        bn_sources: Sequence[int | None],
         running_offsets: dict[int, int],
         running_size: int,
         bins: Bins,
@@ -83,12 +86,18 @@ class ActivationLayout:
         per_channel = [outputs[s].numel() // outputs[s].shape[1] for s in self.batchnorms]
         self._per_channel = np.repeat(per_channel, self.channels).astype(np.float64)
         self._eps = np.repeat([self.watched[s].module.eps for s in self.batchnorms], self.channels)
-        # batch norms with inputs of the same shape are reduced together; on the device the sums of
-        # each group follow one another, then their squares: where each batch norm's channels land
+        # batch norms with inputs of the same shape are reduced together: from the buffered rows
+        # when their inputs are watched outputs, else at each step. On the device the sums of each
+        # group follow one another, then their squares: where each batch norm's channels land
+        self.bn_sources = list(bn_sources)
         self.bn_groups: list[list[int]] = []  # positions in `batchnorms`
         for b, s in enumerate(self.batchnorms):
-            same = [g for g in self.bn_groups if self.shapes[self.batchnorms[g[0]]] == self.shapes[s]]
+            key = (self.shapes[s], self.bn_sources[b] is None)
+            same = [
+                g for g in self.bn_groups if (self.shapes[self.batchnorms[g[0]]], self.bn_sources[g[0]] is None) == key
+            ]
             same[0].append(b) if same else self.bn_groups.append([b])
+        self._buffered = [self.bn_sources[g[0]] is not None for g in self.bn_groups]
         starts = np.cumsum([0, *self.channels])
         order = [b for group in self.bn_groups for b in group]
         self._bn_sums = np.concatenate([np.arange(starts[b], starts[b + 1]) for b in order] or [[]]).astype(np.int64)
@@ -105,6 +114,11 @@ class ActivationLayout:
         self.capacity = max(1, min(rows, CACHE_BYTES // (4 * self.chunks.total)))
         self._values = torch.empty(self.capacity, self.chunks.total, device=self.device)
         self._small: list[dict[str, Tensor]] = []  # per filled row, its step's other tensors
+
+    @staticmethod
+    def sources(outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor]) -> tuple[int | None, ...]:
+        """Per batch-norm input, its position among ``outputs`` (the same tensor), or ``None``."""
+        return tuple(next((j for j, o in enumerate(outputs) if o is x), None) for x in bn_inputs)
 
     def _tags(self, percentiles: Sequence[float]) -> list[str]:
         """Scalar tag names, in the order of ``values``' columns."""
@@ -143,9 +157,10 @@ class ActivationLayout:
         if self.rectifiers:
             small["maxima"] = torch.cat([stats.unit_maxima(outputs[s][None]) for s in self.rectifiers], dim=1).float()
         if self.batchnorms:
-            groups = [stats.channel_moments(_stack([bn_inputs[b] for b in group])) for group in self.bn_groups]
-            sums, squares = zip(*groups, strict=True)
-            small["bn_moments"] = torch.cat([m.reshape(-1) for m in sums + squares]).float()[None]
+            for g, group in enumerate(self.bn_groups):
+                if not self._buffered[g]:
+                    sums, squares = stats.channel_moments(_stack([bn_inputs[b] for b in group]))
+                    small[f"bn_sums{g}"], small[f"bn_squares{g}"] = sums.reshape(1, -1), squares.reshape(1, -1)
             small["running"] = running[None]
         if self.affine:
             modules = [self.watched[s].module for s in self.affine]
@@ -175,7 +190,24 @@ class ActivationLayout:
         small, self._small = self._small, []
         for key in small[0]:
             out[key] = small[0][key] if len(small) == 1 else torch.cat([row[key] for row in small])
+        if self.batchnorms:
+            sums, squares = [], []
+            for g, group in enumerate(self.bn_groups):
+                if self._buffered[g]:  # (k, rows, N, C, ...) -> (rows, k * C)
+                    inputs = _stack([self._segment(self.bn_sources[b], len(small)) for b in group])
+                    moments = stats.channel_moments(inputs, channel=3)
+                    s, q = (m.transpose(0, 1).reshape(len(small), -1) for m in moments)
+                else:
+                    s, q = out.pop(f"bn_sums{g}"), out.pop(f"bn_squares{g}")
+                sums.append(s)
+                squares.append(q)
+            out["bn_moments"] = torch.cat(sums + squares, dim=1).float()
         return out
+
+    def _segment(self, s: int, rows: int) -> Tensor:
+        """Output ``s`` of the first ``rows`` rows: ``(rows, *shape)``."""
+        start = self.chunks.starts[s]
+        return self._values[:rows, start : start + self.chunks.numels[s]].view(rows, *self.shapes[s])
 
     # ------------------------------------------------------------------------- on the host
     def values(self, host: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -309,8 +309,8 @@ class TrainingDiagnostics(L.Callback):
             return
         indices = tuple(sorted(recorder.outputs))
         outputs = [recorder.outputs[i] for i in indices]
-        layout = self._layout(indices, outputs)
-        bn_inputs = [recorder.bn_inputs[indices[s]] for s in layout.batchnorms]
+        bn_inputs = [recorder.bn_inputs[i] for i in indices if i in recorder.bn_inputs]
+        layout = self._layout(indices, outputs, bn_inputs)
         if layout.full:
             self._take_statistics(layout)
         layout.capture(outputs, bn_inputs, recorder.running)
@@ -335,9 +335,10 @@ class TrainingDiagnostics(L.Callback):
         }.values():
             self._take_statistics(layout)
 
-    def _layout(self, indices: tuple[int, ...], outputs: list[Tensor]) -> ActivationLayout:
+    def _layout(self, indices: tuple[int, ...], outputs: list[Tensor], bn_inputs: list[Tensor]) -> ActivationLayout:
         """The layout of these modules' outputs, built on the first step that has their shapes."""
-        key = (outputs[0].device, indices, tuple(o.shape for o in outputs))
+        sources = ActivationLayout.sources(outputs, bn_inputs)
+        key = (outputs[0].device, indices, tuple(o.shape for o in outputs), sources)
         layout = self._layouts.get(key)
         if layout is None:
             offsets = self._recorder.running_offsets()
@@ -345,7 +346,7 @@ class TrainingDiagnostics(L.Callback):
             running = {s: offsets[i] for s, i in enumerate(indices) if i in offsets}
             size = 2 * sum(w.module.num_features for w in self._recorder.watched if w.batchnorm)
             layout = ActivationLayout(
-                watched, outputs, running, size, self.bins, self.percentiles, self.saturation_threshold
+                watched, outputs, sources, running, size, self.bins, self.percentiles, self.saturation_threshold
             )
             self._layouts[key] = layout
         return layout

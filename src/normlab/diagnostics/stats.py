@@ -71,17 +71,20 @@ class Chunks:
         self.total = self.chunks * size
         self.owner = np.repeat(np.arange(len(self.numels)), self.counts)  # the tensor of each chunk
         self._zeros: Tensor | None = None
+        self._pieces: list[Tensor | None] = []
+        self._places: list[int] = []
 
     def fill(self, out: Tensor, tensors: Sequence[Tensor | None]) -> None:
         """Copy ``tensors`` (``None`` for all zeros) into the 1-D ``out`` of ``total`` values, in one operation."""
         if self._zeros is None or self._zeros.device != out.device or self._zeros.dtype != out.dtype:
-            longest = max(max(self.pads), max(self.numels))
-            self._zeros = torch.zeros(longest, device=out.device, dtype=out.dtype)
-        pieces = []
-        for t, n, pad in zip(tensors, self.numels, self.pads, strict=True):
-            pieces.append(self._zeros[:n] if t is None else t.reshape(-1))
-            if pad:
-                pieces.append(self._zeros[:pad])
+            self._zeros = torch.zeros(max(max(self.pads), max(self.numels)), device=out.device, dtype=out.dtype)
+            self._pieces = []  # the tensors' places, each followed by its padding
+            for pad in self.pads:
+                self._pieces += [None, self._zeros[:pad]] if pad else [None]
+            self._places = [i for i, piece in enumerate(self._pieces) if piece is None]
+        pieces = list(self._pieces)
+        for at, t, n in zip(self._places, tensors, self.numels, strict=True):
+            pieces[at] = self._zeros[:n] if t is None else t.reshape(-1)
         torch.cat(pieces, out=out)
 
     def per_tensor(self, per_chunk: np.ndarray) -> np.ndarray:
@@ -170,9 +173,10 @@ class SegmentedHistogram:
         return counts.sub_(self._padding)
 
 
-def channel_moments(inputs: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel sums and sums of squares of ``(k, N, C, ...)`` inputs: two ``(k, C)``."""
-    dims = [d for d in range(inputs.dim()) if d not in (0, 2)]
+def channel_moments(inputs: Tensor, channel: int = 2) -> tuple[Tensor, Tensor]:
+    """Per-channel sums and sums of squares of ``(k, N, C, ...)`` inputs: two ``(k, C)``; with
+    ``channel=3``, of ``(k, rows, N, C, ...)`` inputs: two ``(k, rows, C)``."""
+    dims = [d for d in range(channel - 1, inputs.dim()) if d != channel]
     return inputs.sum(dims), (inputs * inputs).sum(dims)
 
 

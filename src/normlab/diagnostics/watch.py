@@ -144,6 +144,7 @@ class ActivationRecorder:
         self.fired: list[int] = []
         self._index = {id(w.module): i for i, w in enumerate(self.watched)}
         self._batchnorm = [w.batchnorm for w in self.watched]
+        self._norms = [w.module for w in self.watched if w.batchnorm]
         self._handle: RemovableHandle | None = None
 
     @property
@@ -161,10 +162,9 @@ class ActivationRecorder:
 
     def attach(self) -> None:
         self.outputs, self.bn_inputs, self.fired = {}, {}, []
-        norms = [self.watched[i].module for i in self.batchnorms]
-        if norms:
-            with torch.no_grad():
-                self.running = torch.cat([m.running_mean for m in norms] + [m.running_var for m in norms]).float()
+        norms = self._norms
+        if norms:  # buffers: no gradient to keep out of
+            self.running = torch.cat([m.running_mean for m in norms] + [m.running_var for m in norms]).float()
         self._handle = register_module_forward_hook(self._hook)
 
     def detach(self) -> None:
