@@ -6,7 +6,6 @@ accumulated, unscaled (mixed precision) and reduced across ranks, and before cli
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,10 +53,9 @@ class ParameterLayout:
 
     def layer_grad_norms(self, state: dict[str, Any]) -> list[float]:
         """Per layer, the norm of its gradients (a sync): what the divergence check reads."""
-        squares = [0.0] * len(self.layers)
-        for i, norm in zip(state["present"], state["norms"][: len(state["present"])].tolist(), strict=True):
-            squares[self._layer_of[i]] += norm * norm
-        return [math.sqrt(s) for s in squares]
+        present = state["present"]
+        norms = state["norms"][: len(present)].cpu().numpy().astype(np.float64)
+        return np.sqrt(np.square(norms) @ self._members[list(present)]).tolist()
 
     @torch.no_grad()
     def count_nonfinite(self, state: dict[str, Any]) -> None:
