@@ -195,14 +195,18 @@ class ActivationLayout:
             for g, group in enumerate(self.bn_groups):
                 if self._buffered[g]:  # (k, rows, N, C, ...) -> (rows, k * C)
                     inputs = _stack([self._segment(self.bn_sources[b], len(small)) for b in group])
-                    moments = stats.channel_moments(inputs, channel=3)
-                    s, q = (m.transpose(0, 1).reshape(len(small), -1) for m in moments)
+                    per_channel = stats.channel_moments(inputs, channel=3)
+                    s, q = (m.transpose(0, 1).reshape(len(small), -1) for m in per_channel)
                 else:
                     s, q = out.pop(f"bn_sums{g}"), out.pop(f"bn_squares{g}")
                 sums.append(s)
                 squares.append(q)
             out["bn_moments"] = torch.cat(sums + squares, dim=1).float()
         return out
+
+    def clear(self) -> None:
+        """Free the rows of steps whose statistics are not wanted."""
+        self._small = []
 
     def _segment(self, s: int, rows: int) -> Tensor:
         """Output ``s`` of the first ``rows`` rows: ``(rows, *shape)``."""

@@ -457,8 +457,8 @@ class TrainingDiagnostics(L.Callback):
         self._pending = None  # a step the optimizer never finished
         if self._unwritten:
             self._write(trainer)
-        for layout in {id(r.layout): r.layout for r in self._binning}.values():
-            layout.statistics()  # frees the rows of the steps never written
+        for record in self._binning:  # steps never written
+            record.layout.clear()
         self._binning = []
         self.summary.global_step = trainer.global_step
         if trainer.fast_dev_run or self._summary_file is None:

@@ -74,27 +74,22 @@ class Chunks:
         self._pieces: list[Tensor | None] = []
         self._places: list[int] = []
 
-    def fill(self, out: Tensor, tensors: Sequence[Tensor | None]) -> None:
-        """Copy ``tensors`` (``None`` for all zeros) into the 1-D ``out`` of ``total`` values, in one operation."""
+    def fill(self, out: Tensor, tensors: Sequence[Tensor]) -> None:
+        """Copy ``tensors`` into the 1-D ``out`` of ``total`` values, in one operation."""
         if self._zeros is None or self._zeros.device != out.device or self._zeros.dtype != out.dtype:
-            self._zeros = torch.zeros(max(max(self.pads), max(self.numels)), device=out.device, dtype=out.dtype)
+            self._zeros = torch.zeros(max(self.pads), device=out.device, dtype=out.dtype)
             self._pieces = []  # the tensors' places, each followed by its padding
             for pad in self.pads:
                 self._pieces += [None, self._zeros[:pad]] if pad else [None]
             self._places = [i for i, piece in enumerate(self._pieces) if piece is None]
         pieces = list(self._pieces)
-        for at, t, n in zip(self._places, tensors, self.numels, strict=True):
-            pieces[at] = self._zeros[:n] if t is None else t.reshape(-1)
+        for at, t in zip(self._places, tensors, strict=True):
+            pieces[at] = t.reshape(-1)
         torch.cat(pieces, out=out)
 
     def per_tensor(self, per_chunk: np.ndarray) -> np.ndarray:
         """Sums of each tensor's chunks: ``(..., chunks)`` -> ``(..., tensors)``."""
         return np.add.reduceat(per_chunk, self.first, axis=-1)
-
-
-def chunk_norms(values: Tensor, size: int = CHUNK) -> Tensor:
-    """L2 norm of each chunk of ``size`` values: ``(..., n * size)`` -> ``(..., n)``."""
-    return torch.linalg.vector_norm(values.view(*values.shape[:-1], -1, size), dim=-1)
 
 
 def chunk_moments(values: Tensor, size: int = CHUNK, exact: bool = False) -> Tensor:

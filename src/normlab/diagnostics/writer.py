@@ -9,6 +9,7 @@ from a prepared byte template rather than built value by value; a histogram valu
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 import time
@@ -142,9 +143,9 @@ def write_summaries(logger: TensorBoardLogger, summaries: Sequence[tuple[int, by
     """Write serialized ``Summary`` messages as one event each, ``(step, summary)``, on rank zero.
 
     TensorBoard's writer thread appends each event to the file on its own, opening the file
-    every time when TensorFlow is absent; here the events are framed as TFRecords (length,
-    masked CRC-32C of the length, event, masked CRC-32C of the event) and appended in one write.
-    Each append is whole records, so they cannot interleave with the writer thread's.
+    every time when TensorFlow is absent; here TensorBoard's ``RecordWriter`` frames the events
+    as records in memory, and they are appended in one write. Each append is whole records, so
+    they cannot interleave with the writer thread's.
     """
     events = logger.experiment._get_file_writer().event_writer
     encoded = [
@@ -155,12 +156,11 @@ def write_summaries(logger: TensorBoardLogger, summaries: Sequence[tuple[int, by
         for event in encoded:
             events.add_event(Event.FromString(event))
         return
-    crc = record_writer.masked_crc32c
-    records = []
+    records = io.BytesIO()
+    framing = record_writer.RecordWriter(records)  # TensorBoard's own framing, into memory
     for event in encoded:
-        length = struct.pack("<Q", len(event))
-        records += [length, struct.pack("<I", crc(length)), event, struct.pack("<I", crc(event))]
-    file.write(b"".join(records))
+        framing.write(event)
+    file.write(records.getvalue())
 
 
 def custom_scalars_layout(modules: Sequence[str], percentile_tags: Sequence[str], layers: Sequence[str]) -> dict:
