@@ -29,11 +29,10 @@ class ParameterLayout:
     def __init__(self, layers: Sequence[Layer]) -> None:
         self.layers = list(layers)
         self.params = [p for layer in self.layers for p in layer.params]
-        self.sizes = [sum(p.numel() for p in layer.params) for layer in self.layers]
         self.tags = [f"{stat}/{layer.name}" for layer in self.layers for stat in PER_LAYER] + ["grad_norm/global"]
-        self._layer_of = [i for i, layer in enumerate(self.layers) for _ in layer.params]
+        layer_of = np.array([i for i, layer in enumerate(self.layers) for _ in layer.params])
         # (tensors, layers) 0/1: squared tensor norms @ it = squared layer norms
-        self._members = (np.array(self._layer_of)[:, None] == np.arange(len(self.layers))).astype(np.float64)
+        self._members = (layer_of[:, None] == np.arange(len(self.layers))).astype(np.float64)
         self._before: list[Tensor] | None = None  # the weights of the logging step under way
 
     def with_grad(self) -> tuple[int, ...]:
