@@ -304,7 +304,8 @@ def test_parameter_layout_norms_per_layer() -> None:
             assert values[f"grad_nonfinite/{layer.name}"] == 0
         total = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in net.parameters() if p.grad is not None))
         assert values["grad_norm/global"] == pytest.approx(total, rel=1e-5)
-        assert layout.layer_grad_norms(state) == pytest.approx([values[f"grad_norm/{n.name}"] for n in layout.layers])
+        assert layout.grad_norm(state) == pytest.approx(total, rel=1e-5)
+        assert layout.finite_layers(state["present"]) == [True] * len(layout.layers)
 
 
 # ----------------------------------------------------------------------------- names, hooks

@@ -254,14 +254,13 @@ class TrainingDiagnostics(L.Callback):
         if not present:
             return
         record.params = self._parameters.before_step(present)
-        grad_norms = self._parameters.layer_grad_norms(record.params)
-        grad_norm = math.sqrt(math.fsum(g * g for g in grad_norms))
+        grad_norm = self._parameters.grad_norm(record.params)
         self.summary.observe_grad_norm(grad_norm)
         if not math.isfinite(grad_norm):
             self._parameters.count_nonfinite(record.params)
             # under a GradScaler non-finite gradients are routine: the scaler skips that step
             if not self._scaler and not self.summary.diverged:
-                finite = [math.isfinite(g) for g in grad_norms]
+                finite = self._parameters.finite_layers(present)
                 self._diverged(trainer, record.step, locate_gradient(self._parameters.layers, finite), "gradient")
         record.seconds += time.perf_counter() - start
 

@@ -6,6 +6,7 @@ accumulated, unscaled (mixed precision) and reduced across ranks, and before cli
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from normlab.diagnostics import stats
+from normlab.diagnostics.divergence import all_finite
 from normlab.diagnostics.watch import Layer
 
 PER_LAYER = ("weight_norm", "grad_norm", "update_ratio", "grad_nonfinite")
@@ -50,11 +52,15 @@ class ParameterLayout:
         grads = [self.params[i].grad for i in present]
         return {"present": present, "norms": stats.tensor_norms(grads + self.params)}
 
-    def layer_grad_norms(self, state: dict[str, Any]) -> list[float]:
-        """Per layer, the norm of its gradients (a sync): what the divergence check reads."""
-        present = state["present"]
-        norms = state["norms"][: len(present)].cpu().numpy().astype(np.float64)
-        return np.sqrt(np.square(norms) @ self._members[list(present)]).tolist()
+    def grad_norm(self, state: dict[str, Any]) -> float:
+        """The global norm of the gradients (a sync): what the divergence check reads."""
+        norms = state["norms"].tolist()[: len(state["present"])]
+        return math.sqrt(math.fsum(n * n for n in norms))
+
+    def finite_layers(self, present: Sequence[int]) -> list[bool]:
+        """Per layer, whether all its gradients are finite (a sync per tensor: for the rare step whose norm is not)."""
+        grads = {id(self.params[i]): self.params[i].grad for i in present}
+        return [all_finite([grads[id(p)] for p in layer.params if id(p) in grads]) for layer in self.layers]
 
     @torch.no_grad()
     def count_nonfinite(self, state: dict[str, Any]) -> None:
