@@ -177,32 +177,36 @@ class ActivationLayout:
             reduce: sums a tensor over the ranks of data parallelism (histograms and moments).
         """
         values = self._values[: self.used]
+        small, self._small = self._small, []
+        out = {key: small[0][key] if len(small) == 1 else torch.cat([row[key] for row in small]) for key in small[0]}
+        if self.batchnorms:  # before the histograms, which overwrite the rows
+            out["bn_moments"] = self._bn_moments(out, len(small))
         moments = stats.chunk_moments(values)
         if math.isfinite(moments.sum().item()):  # no NaN or Inf (or an overflow, which is counted exactly too)
             counts = self.histogram.finite(values)
         else:
-            counts = self.histogram.exact(values)
             moments = stats.chunk_moments(values, exact=True).float()
+            counts = self.histogram.exact(values)
         if reduce is not None:
             sizes = [counts.shape[1], moments.shape[1]]
             counts, moments = reduce(torch.cat([counts, moments], dim=1)).split(sizes, dim=1)  # as float32
-        out = {"moments": moments, "cumulative": counts.cumsum(1)}
-        small, self._small = self._small, []
-        for key in small[0]:
-            out[key] = small[0][key] if len(small) == 1 else torch.cat([row[key] for row in small])
-        if self.batchnorms:
-            sums, squares = [], []
-            for g, group in enumerate(self.bn_groups):
-                if self._buffered[g]:  # (k, rows, N, C, ...) -> (rows, k * C)
-                    inputs = _stack([self._segment(self.bn_sources[b], len(small)) for b in group])
-                    per_channel = stats.channel_moments(inputs, channel=3)
-                    s, q = (m.transpose(0, 1).reshape(len(small), -1) for m in per_channel)
-                else:
-                    s, q = out.pop(f"bn_sums{g}"), out.pop(f"bn_squares{g}")
-                sums.append(s)
-                squares.append(q)
-            out["bn_moments"] = torch.cat(sums + squares, dim=1).float()
+        out["moments"], out["cumulative"] = moments, counts.cumsum(1)
         return out
+
+    def _bn_moments(self, small: dict[str, Tensor], rows: int) -> Tensor:
+        """Per-channel sums, then sums of squares, of the batch norms' inputs, ``(rows, 2 * channels)``:
+        from the buffered rows when the inputs are watched outputs, else from ``capture``."""
+        sums, squares = [], []
+        for g, group in enumerate(self.bn_groups):
+            if self._buffered[g]:  # (k, rows, N, C, ...) -> (rows, k * C)
+                inputs = _stack([self._segment(self.bn_sources[b], rows) for b in group])
+                per_channel = stats.channel_moments(inputs, channel=3)
+                s, q = (m.transpose(0, 1).reshape(rows, -1) for m in per_channel)
+            else:
+                s, q = small.pop(f"bn_sums{g}"), small.pop(f"bn_squares{g}")
+            sums.append(s)
+            squares.append(q)
+        return torch.cat(sums + squares, dim=1).float()
 
     def clear(self) -> None:
         """Free the rows of steps whose statistics are not wanted."""

@@ -110,9 +110,9 @@ class SegmentedHistogram:
     A step's segments lie in one row of ``(steps, total)`` values, laid out by ``Chunks``. Each
     segment has its own range but all have the same number of bins. Segment ``s`` owns the slots
     ``s * (bins + 1) + [0, bins]`` of a step's counts: slot 0 for NaN and infinite values, then one
-    per bin. Every chunk is binned with its own scale by the same few operations, in float32 and
-    int32, which the CPU kernels vectorize; the padding zeros are then taken out of the bin they
-    fell in. ``finite`` is the fast path for values known to be finite; ``exact`` sets the
+    per bin. Every chunk is binned with its own scale by the same few operations, in place, in
+    float32 and int32, which the CPU kernels vectorize; the padding zeros are then taken out of the
+    bin they fell in. ``finite`` is the fast path for values known to be finite; ``exact`` sets the
     non-finite ones apart.
 
     Args:
@@ -129,24 +129,27 @@ class SegmentedHistogram:
         self.bins = list(bins)
         self.count = counts.pop()
         self.slots = len(bins) * (self.count + 1)
+        self.device = device
         scale = np.float32([1.0 / b.width for b in bins])
         shift = np.float32([-b.low / b.width for b in bins])
-        first = np.arange(len(bins)) * (self.count + 1) + 1
+        self._first = np.arange(len(bins)) * (self.count + 1) + 1
 
-        def per_chunk(values: np.ndarray, dtype: torch.dtype) -> Tensor:
-            return torch.tensor(values[layout.owner], device=device, dtype=dtype)[:, None]
+        def per_chunk(values: np.ndarray) -> Tensor:
+            return torch.tensor(values[layout.owner], device=device, dtype=torch.float32)[:, None]
 
-        self._scale = per_chunk(scale, torch.float32)
-        self._shift = per_chunk(shift, torch.float32)
-        self._first = per_chunk(first, torch.int32)
+        self._scale = per_chunk(scale)
+        self._shift = per_chunk(shift)
         # a padding zero lands where the binning below puts 0.0: trunc(clamp(shift, 0, count - 1))
-        zero_slot = first + np.clip(shift, 0, self.count - 1).astype(np.int64)
+        zero_slot = self._first + np.clip(shift, 0, self.count - 1).astype(np.int64)
         padding = np.zeros(self.slots, dtype=np.int64)
         np.add.at(padding, zero_slot, layout.pads)
         self._padding = torch.tensor(padding, device=device)
+        self._index = torch.empty(0, dtype=torch.int32, device=device)  # reused: (steps, chunks, size)
+        self._offsets = torch.empty(0, dtype=torch.int32, device=device)  # (steps, chunks, 1)
 
     def finite(self, values: Tensor) -> Tensor:
-        """Counts ``(steps, slots)`` of the rows of ``values`` ``(steps, total)``, all finite."""
+        """Counts ``(steps, slots)`` of the rows of ``values`` ``(steps, total)``, all finite.
+        The rows are overwritten."""
         return self._count(values)
 
     def exact(self, values: Tensor) -> Tensor:
@@ -156,16 +159,25 @@ class SegmentedHistogram:
 
     def _count(self, values: Tensor, exact: bool = False) -> Tensor:
         steps, size = values.shape[0], self.layout.size
-        slot = torch.addcmul(self._shift, values.view(steps, -1, size), self._scale).clamp_(0, self.count - 1)
+        slot = values.view(steps, -1, size).mul_(self._scale).add_(self._shift).clamp_(0, self.count - 1)
         if exact:  # NaN survives the clamp and becomes slot -1 of its segment
             slot.nan_to_num_(-1.0)
-        index = slot.int().add_(self._first)
-        if steps > 1:  # each step its own slots
-            index.add_(
-                torch.arange(0, steps * self.slots, self.slots, device=values.device, dtype=torch.int32)[:, None, None]
-            )
+        index = self._buffers(steps)
+        index.copy_(slot)  # truncates, as the bins need
+        index.add_(self._offsets[:steps])
         counts = torch.bincount(index.view(-1), minlength=steps * self.slots).view(steps, self.slots)
         return counts.sub_(self._padding)
+
+    def _buffers(self, steps: int) -> Tensor:
+        """The integer slots of ``steps`` rows, in a buffer kept between calls; the first slot of
+        each chunk's segment, lifted by its step's own slots, for as many steps."""
+        if len(self._offsets) < steps:
+            first = torch.tensor(self._first[self.layout.owner], dtype=torch.int32, device=self.device)
+            lift = torch.arange(steps, dtype=torch.int32, device=self.device) * self.slots
+            self._offsets = (first[None, :] + lift[:, None])[:, :, None]
+        if len(self._index) < steps:
+            self._index = torch.empty(steps, self.layout.chunks, self.layout.size, dtype=torch.int32, device=self.device)
+        return self._index[:steps]
 
 
 def channel_moments(inputs: Tensor, channel: int = 2) -> tuple[Tensor, Tensor]:
