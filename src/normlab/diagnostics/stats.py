@@ -110,10 +110,10 @@ class SegmentedHistogram:
     A step's segments lie in one row of ``(steps, total)`` values, laid out by ``Chunks``. Each
     segment has its own range but all have the same number of bins. Segment ``s`` owns the slots
     ``s * (bins + 1) + [0, bins]`` of a step's counts: slot 0 for NaN and infinite values, then one
-    per bin. Every chunk is binned with its own scale by the same few operations, in place, in
-    float32 and int32, which the CPU kernels vectorize; the padding zeros are then taken out of the
-    bin they fell in. ``finite`` is the fast path for values known to be finite; ``exact`` sets the
-    non-finite ones apart.
+    per bin. Every chunk is binned with its own scale by the same few operations, which the CPU
+    kernels vectorize, in place: the float slots become int32 in the same memory. The padding
+    zeros are then taken out of the bin they fell in. ``finite`` is the fast path for values known
+    to be finite; ``exact`` sets the non-finite ones apart.
 
     Args:
         layout: where each segment lies in a row.
@@ -144,8 +144,7 @@ class SegmentedHistogram:
         padding = np.zeros(self.slots, dtype=np.int64)
         np.add.at(padding, zero_slot, layout.pads)
         self._padding = torch.tensor(padding, device=device)
-        self._index = torch.empty(0, dtype=torch.int32, device=device)  # reused: (steps, chunks, size)
-        self._offsets = torch.empty(0, dtype=torch.int32, device=device)  # (steps, chunks, 1)
+        self._lifted = torch.empty(0, dtype=torch.int32, device=device)
 
     def finite(self, values: Tensor) -> Tensor:
         """Counts ``(steps, slots)`` of the rows of ``values`` ``(steps, total)``, all finite.
@@ -162,22 +161,20 @@ class SegmentedHistogram:
         slot = values.view(steps, -1, size).mul_(self._scale).add_(self._shift).clamp_(0, self.count - 1)
         if exact:  # NaN survives the clamp and becomes slot -1 of its segment
             slot.nan_to_num_(-1.0)
-        index = self._buffers(steps)
+        index = slot.view(torch.int32)  # the slots become integers in the same memory
         index.copy_(slot)  # truncates, as the bins need
-        index.add_(self._offsets[:steps])
+        index.add_(self._offsets(steps))
         counts = torch.bincount(index.view(-1), minlength=steps * self.slots).view(steps, self.slots)
         return counts.sub_(self._padding)
 
-    def _buffers(self, steps: int) -> Tensor:
-        """The integer slots of ``steps`` rows, in a buffer kept between calls; the first slot of
-        each chunk's segment, lifted by its step's own slots, for as many steps."""
-        if len(self._offsets) < steps:
+    def _offsets(self, steps: int) -> Tensor:
+        """Per step and chunk, the first slot of the chunk's segment, lifted by the step's own
+        slots: ``(steps, chunks, 1)``, kept for as many steps as the largest call had."""
+        if len(self._lifted) < steps:
             first = torch.tensor(self._first[self.layout.owner], dtype=torch.int32, device=self.device)
             lift = torch.arange(steps, dtype=torch.int32, device=self.device) * self.slots
-            self._offsets = (first[None, :] + lift[:, None])[:, :, None]
-        if len(self._index) < steps:
-            self._index = torch.empty(steps, self.layout.chunks, self.layout.size, dtype=torch.int32, device=self.device)
-        return self._index[:steps]
+            self._lifted = (first[None, :] + lift[:, None])[:, :, None]
+        return self._lifted[:steps]
 
 
 def channel_moments(inputs: Tensor, channel: int = 2) -> tuple[Tensor, Tensor]:
