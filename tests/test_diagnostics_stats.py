@@ -168,12 +168,11 @@ def recorded_mlp(activation: str = "sigmoid") -> tuple[MLP, ActivationRecorder, 
 
 def layout_of(recorder: ActivationRecorder, outputs: list[torch.Tensor]) -> ActivationLayout:
     indices = sorted(recorder.outputs)
-    offsets = recorder.running_offsets()
-    running = {s: offsets[i] for s, i in enumerate(indices) if i in offsets}
-    size = 2 * sum(w.module.num_features for w in recorder.watched if w.batchnorm)
+    offsets = recorder.snapshot_offsets()
+    snapshot = {s: offsets[i] for s, i in enumerate(indices) if i in offsets}
     watched = [recorder.watched[i] for i in indices]
     sources = ActivationLayout.sources(outputs, bn_inputs_of(recorder))
-    return ActivationLayout(watched, outputs, sources, running, size, Bins(-8, 8, 80), [15, 50, 85], 0.95)
+    return ActivationLayout(watched, outputs, sources, snapshot, Bins(-8, 8, 80), [15, 50, 85], 0.95)
 
 
 def bn_inputs_of(recorder: ActivationRecorder) -> list[torch.Tensor]:
@@ -206,13 +205,13 @@ def captured_steps(
             {
                 "outputs": [o.double().numpy() for o in outputs],
                 "bn_inputs": [x.double().numpy() for x in bn_inputs_of(recorder)],
-                "running": recorder.running.double().numpy(),
+                "snapshot": recorder.snapshot.double().numpy(),
             }
         )
         with torch.no_grad():
             if layout.full:
                 device.append(layout.statistics(**kwargs))
-            layout.capture(outputs, bn_inputs_of(recorder), recorder.running)
+            layout.capture(outputs, bn_inputs_of(recorder), recorder.snapshot)
         recorder.release()
     device.append(layout.statistics(**kwargs))
     host = {k: np.concatenate([d[k].double().numpy() for d in device]) for k in device[0]}
@@ -245,11 +244,15 @@ def test_activation_layout_matches_numpy(activation: str, types: tuple[str, ...]
                 assert scalars[f"act/{w.name}/saturated"] == pytest.approx(np.mean(np.abs(x - 0.5) > 0.475), abs=1e-9)
             if w.rectifier:
                 assert scalars[f"act/{w.name}/dead"] == pytest.approx(np.mean(out.max(0) <= 0))
-        running = saw["running"].reshape(2, -1)  # means, then variances, of both batch norms
+        # running means, running variances, weights and biases of both batch norms, as before this batch
+        running_mean, running_var, gamma, beta = saw["snapshot"].reshape(4, -1)
         for b, s in enumerate(layout.batchnorms):
             bn, name = layout.watched[s].module, layout.watched[s].name
+            channels = slice(16 * b, 16 * (b + 1))
             assert scalars[f"bn/{name}/gamma_mean"] == pytest.approx(bn.weight.mean().item())
-            x, mean, var = saw["bn_inputs"][b], running[0, 16 * b : 16 * (b + 1)], running[1, 16 * b : 16 * (b + 1)]
+            assert scalars[f"bn/{name}/gamma_mean"] == pytest.approx(gamma[channels].mean())
+            assert scalars[f"bn/{name}/beta_mean"] == pytest.approx(beta[channels].mean())
+            x, mean, var = saw["bn_inputs"][b], running_mean[channels], running_var[channels]
             # against the running statistics from before this batch updated them
             expected = np.mean(np.abs(x.mean(0) - mean) / np.sqrt(var + bn.eps))
             assert scalars[f"bn/{name}/batch_mean_drift"] == pytest.approx(expected, rel=1e-4)
@@ -329,6 +332,35 @@ def test_recorder_keeps_first_outputs_and_leaves_no_hook() -> None:
     assert len(outputs) == len(recorder.watched) and not recorder.attached
     assert not torch.nn.modules.module._global_forward_hooks
     assert all(not m._forward_hooks for m in net.modules())
+
+
+def test_snapshot_places_running_statistics_and_affine_parameters_of_mixed_batch_norms() -> None:
+    net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, affine=False), nn.Linear(3, 2), nn.BatchNorm1d(2))
+    with torch.no_grad():
+        net[3].weight.copy_(torch.tensor([2.0, 4.0]))
+        net[3].bias.copy_(torch.tensor([-1.0, 0.5]))
+    recorder = ActivationRecorder(select_modules(net, ["BatchNorm1d"]))
+    recorder.attach()
+    with torch.no_grad():
+        net(torch.randn(16, 4))
+    recorder.detach()
+    snapshot = recorder.snapshot.numpy()
+    (mean0, var0, weight0, bias0), (mean1, var1, weight1, bias1) = recorder.snapshot_offsets().values()
+    assert weight0 is None and bias0 is None
+    np.testing.assert_array_equal(snapshot[mean1 : mean1 + 2], [0, 0])  # as before the batch updated them
+    np.testing.assert_array_equal(snapshot[var0 : var0 + 3], [1, 1, 1])
+    np.testing.assert_array_equal(snapshot[weight1 : weight1 + 2], [2, 4])
+    np.testing.assert_array_equal(snapshot[bias1 : bias1 + 2], [-1, 0.5])
+    outputs = [recorder.outputs[i] for i in sorted(recorder.outputs)]
+    layout = layout_of(recorder, outputs)
+    assert layout.affine == [1]
+    with torch.no_grad():
+        layout.capture(outputs, bn_inputs_of(recorder), recorder.snapshot)
+        device = layout.statistics()
+    values, _ = layout.values({k: v.double().numpy() for k, v in device.items()})
+    scalars = dict(zip(layout.tags, values[0], strict=True))
+    assert scalars["bn/3/gamma_mean"] == 3 and scalars["bn/3/beta_mean"] == -0.25
+    assert "bn/1/gamma_mean" not in scalars and "bn/1/batch_mean_drift" in scalars
 
 
 # ----------------------------------------------------------------------------- divergence

@@ -37,9 +37,8 @@ class ActivationLayout:
         outputs: their outputs on the step the layout is built for (only the shapes are kept).
         bn_sources: per watched batch norm, the position in ``outputs`` of its input, or ``None``
             when its input is not watched (``sources``).
-        running_offsets: segment -> where that batch norm's running mean starts in the recorder's
-            snapshot of running statistics (the means of all watched batch norms, then their variances).
-        running_size: length of that snapshot.
+        snapshot_offsets: segment -> where that batch norm's running mean, running variance,
+            weight and bias start in the recorder's snapshot (``ActivationRecorder.snapshot_offsets``).
         bins: the written bins of unbounded outputs (sigmoid and tanh use their own bounds).
         percentiles: in percent, e.g. ``[15, 50, 85]``.
         saturation_threshold: see ``TrainingDiagnostics``.
@@ -51,8 +50,7 @@ class ActivationLayout:
         watched: Sequence[Watched],
         outputs: Sequence[Tensor],
         bn_sources: Sequence[int | None],
-        running_offsets: dict[int, int],
-        running_size: int,
+        snapshot_offsets: dict[int, tuple[int, int, int | None, int | None]],
         bins: Bins,
         percentiles: Sequence[float],
         saturation_threshold: float,
@@ -102,11 +100,13 @@ class ActivationLayout:
         order = [b for group in self.bn_groups for b in group]
         self._bn_sums = np.concatenate([np.arange(starts[b], starts[b + 1]) for b in order] or [[]]).astype(np.int64)
         self._bn_sums = np.argsort(self._bn_sums, kind="stable")  # device position of each channel, in order
-        means = [running_offsets[s] + np.arange(c) for s, c in zip(self.batchnorms, self.channels, strict=True)]
-        self._running_mean = np.concatenate(means) if means else np.zeros(0, np.int64)
-        self._running_var = self._running_mean + running_size // 2
         self.affine = [s for s in self.batchnorms if self.watched[s].module.affine]
         self.affine_sizes = np.array([self.watched[s].module.num_features for s in self.affine], dtype=np.int64)
+        # where each channel's numbers lie in the snapshot: running mean and variance, weight and bias
+        self._running_mean, self._running_var, self._gamma, self._beta = (
+            _positions([snapshot_offsets[s][k] for s in segments], self.channels if k < 2 else self.affine_sizes)
+            for k, segments in enumerate([self.batchnorms, self.batchnorms, self.affine, self.affine])
+        )
         self.tags = self._tags(percentiles)
         self.segments = segments
         # each row a step's outputs laid end to end, until ``statistics``; as many rows as fit in a
@@ -141,14 +141,14 @@ class ActivationLayout:
     def full(self) -> bool:
         return self.used == self.capacity
 
-    def capture(self, outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor], running: Tensor | None) -> None:
+    def capture(self, outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor], snapshot: Tensor | None) -> None:
         """Copy a step's outputs into the next row, and compute its small tensors at once: maxima
-        of rectifier units, batch-norm input moments and running statistics, gamma and beta.
+        of rectifier units and batch-norm input moments; it keeps the batch norms' snapshot.
 
         Args:
             outputs: the watched modules' outputs, in layout order.
             bn_inputs: the inputs of the batch norms, in layout order.
-            running: the recorder's snapshot of running statistics.
+            snapshot: the recorder's snapshot of running statistics, weights and biases.
         """
         if self.full:
             raise RuntimeError("the layout's rows are full: take their statistics first")
@@ -161,10 +161,7 @@ class ActivationLayout:
                 if not self._buffered[g]:
                     sums, squares = stats.channel_moments(_stack([bn_inputs[b] for b in group]))
                     small[f"bn_sums{g}"], small[f"bn_squares{g}"] = sums.reshape(1, -1), squares.reshape(1, -1)
-            small["running"] = running[None]
-        if self.affine:
-            modules = [self.watched[s].module for s in self.affine]
-            small["affine"] = torch.cat([m.weight for m in modules] + [m.bias for m in modules]).float()[None]
+            small["snapshot"] = snapshot[None]
         self._small.append(small)
 
     def statistics(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
@@ -248,19 +245,19 @@ class ActivationLayout:
         if self.rectifiers:
             columns.append(stats.group_means((host["maxima"] <= 0).astype(np.float64), self.units))
         if self.batchnorms:
-            bn, running = host["bn_moments"].astype(np.float64), host["running"].astype(np.float64)
+            bn, snapshot = host["bn_moments"].astype(np.float64), host["snapshot"].astype(np.float64)
             total = int(self.channels.sum())
             drift = stats.batchnorm_drift(
                 bn[:, self._bn_sums],
                 bn[:, total + self._bn_sums],
                 self._per_channel,
-                running[:, self._running_mean],
-                running[:, self._running_var],
+                snapshot[:, self._running_mean],
+                snapshot[:, self._running_var],
                 self._eps,
             )
             columns.append(np.stack([stats.group_means(d, self.channels) for d in drift], axis=2).reshape(steps, -1))
         if self.affine:
-            gamma, beta = np.split(host["affine"].astype(np.float64), 2, axis=1)
+            gamma, beta = snapshot[:, self._gamma], snapshot[:, self._beta]
             means = [stats.group_means(gamma, self.affine_sizes), stats.group_means(beta, self.affine_sizes)]
             columns.append(np.stack(means, axis=2).reshape(steps, -1))
         histograms = np.column_stack([n, sums, squares, stats.coarsen(cdf, FINE)])
@@ -269,3 +266,10 @@ class ActivationLayout:
 
 def _stack(tensors: list[Tensor]) -> Tensor:
     return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _positions(starts: Sequence[int], sizes: Sequence[int]) -> np.ndarray:
+    """The positions ``start + [0, size)`` of each run, end to end."""
+    return np.concatenate([np.arange(n) + start for start, n in zip(starts, sizes, strict=True)] or [[]]).astype(
+        np.int64
+    )

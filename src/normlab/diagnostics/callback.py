@@ -312,7 +312,7 @@ class TrainingDiagnostics(L.Callback):
         layout = self._layout(indices, outputs, bn_inputs)
         if layout.full:
             self._take_statistics(layout)
-        layout.capture(outputs, bn_inputs, recorder.running)
+        layout.capture(outputs, bn_inputs, recorder.snapshot)
         recorder.release()
         record.layout = layout
         self._binning.append(record)
@@ -340,12 +340,11 @@ class TrainingDiagnostics(L.Callback):
         key = (outputs[0].device, indices, tuple(o.shape for o in outputs), sources)
         layout = self._layouts.get(key)
         if layout is None:
-            offsets = self._recorder.running_offsets()
+            offsets = self._recorder.snapshot_offsets()
             watched = [self._recorder.watched[i] for i in indices]
-            running = {s: offsets[i] for s, i in enumerate(indices) if i in offsets}
-            size = 2 * sum(w.module.num_features for w in self._recorder.watched if w.batchnorm)
+            snapshot = {s: offsets[i] for s, i in enumerate(indices) if i in offsets}
             layout = ActivationLayout(
-                watched, outputs, sources, running, size, self.bins, self.percentiles, self.saturation_threshold
+                watched, outputs, sources, snapshot, self.bins, self.percentiles, self.saturation_threshold
             )
             self._layouts[key] = layout
         return layout

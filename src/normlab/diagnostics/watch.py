@@ -133,18 +133,20 @@ class ActivationRecorder:
     It is one global hook (``register_module_forward_hook``) that recognises the watched modules
     by identity: attaching and removing it costs one registration instead of one per module.
     For the batch norms it also keeps their input and, taken when the hook is attached (before
-    the forward pass updates them), a copy of their running statistics: the train/eval drift.
+    the forward pass updates them), a snapshot of their running statistics (the train/eval drift)
+    and of their weights and biases (gamma and beta), all in one copy.
     """
 
     def __init__(self, watched: Sequence[Watched]) -> None:
         self.watched = list(watched)
         self.outputs: dict[int, Tensor] = {}  # index in `watched` -> output, in firing order
         self.bn_inputs: dict[int, Tensor] = {}
-        self.running: Tensor | None = None  # running means of the watched BNs, then their variances
+        self.snapshot: Tensor | None = None  # of the watched BNs: running means, running variances, weights, biases
         self.fired: list[int] = []
         self._index = {id(w.module): i for i, w in enumerate(self.watched)}
         self._batchnorm = [w.batchnorm for w in self.watched]
         self._norms = [w.module for w in self.watched if w.batchnorm]
+        self._affine = [m for m in self._norms if m.affine]
         self._handle: RemovableHandle | None = None
 
     @property
@@ -155,16 +157,30 @@ class ActivationRecorder:
     def batchnorms(self) -> list[int]:
         return [i for i, w in enumerate(self.watched) if w.batchnorm]
 
-    def running_offsets(self) -> dict[int, int]:
-        """Where each watched batch norm's running mean starts in ``running``."""
+    def snapshot_offsets(self) -> dict[int, tuple[int, int, int | None, int | None]]:
+        """Where each watched batch norm's numbers start in ``snapshot``: its running mean, running
+        variance, weight and bias (``None`` for a batch norm without them)."""
         sizes = [self.watched[i].module.num_features for i in self.batchnorms]
-        return dict(zip(self.batchnorms, np.cumsum([0, *sizes])[:-1].tolist(), strict=True))
+        means = np.cumsum([0, *sizes])[:-1]
+        total, affine = sum(sizes), sum(m.num_features for m in self._affine)
+        weights = iter(np.cumsum([0, *(m.num_features for m in self._affine)])[:-1].tolist())
+        offsets = {}
+        for i, mean in zip(self.batchnorms, means.tolist(), strict=True):
+            weight = 2 * total + next(weights) if self.watched[i].module.affine else None
+            offsets[i] = (mean, total + mean, weight, None if weight is None else weight + affine)
+        return offsets
 
+    @torch.no_grad()
     def attach(self) -> None:
         self.outputs, self.bn_inputs, self.fired = {}, {}, []
-        norms = self._norms
-        if norms:  # buffers: no gradient to keep out of
-            self.running = torch.cat([m.running_mean for m in norms] + [m.running_var for m in norms]).float()
+        norms, affine = self._norms, self._affine
+        if norms:  # taken before the forward pass updates the running statistics
+            self.snapshot = torch.cat(
+                [m.running_mean for m in norms]
+                + [m.running_var for m in norms]
+                + [m.weight for m in affine]
+                + [m.bias for m in affine]
+            ).float()
         self._handle = register_module_forward_hook(self._hook)
 
     def detach(self) -> None:
@@ -175,7 +191,7 @@ class ActivationRecorder:
     def release(self) -> None:
         """Drop the references to the step's tensors; ``fired`` keeps the order in which the modules ran."""
         self.fired = list(self.outputs)
-        self.outputs, self.bn_inputs, self.running = {}, {}, None
+        self.outputs, self.bn_inputs, self.snapshot = {}, {}, None
 
     def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         i = self._index.get(id(module))
