@@ -258,6 +258,19 @@ def test_activation_layout_matches_numpy(activation: str, types: tuple[str, ...]
             assert scalars[f"bn/{name}/batch_mean_drift"] == pytest.approx(expected, rel=1e-4)
 
 
+def test_layout_reads_outputs_of_one_shape_from_its_rows_as_one_tensor() -> None:
+    net, recorder, first = recorded_mlp()
+    layout = layout_of(recorder, first)
+    second = [o * 2 for o in first]
+    with torch.no_grad():
+        for outputs in (first, second):
+            layout.capture(outputs, bn_inputs_of(recorder), recorder.snapshot)
+    # equally spaced in a row (a view) or not (a copy)
+    for segments in ([0, 3], [0, 1, 3]):
+        expected = torch.stack([torch.stack([o[s] for s in segments]) for o in (first, second)])
+        torch.testing.assert_close(layout._segments(segments, 2), expected, rtol=0, atol=0)
+
+
 def test_nonfinite_outputs_are_counted_apart_and_left_out_of_the_moments() -> None:
     def spoil(step: int, outputs: list[torch.Tensor]) -> None:
         if step == 1:

@@ -195,10 +195,9 @@ class ActivationLayout:
         from the buffered rows when the inputs are watched outputs, else from ``capture``."""
         sums, squares = [], []
         for g, group in enumerate(self.bn_groups):
-            if self._buffered[g]:  # (k, rows, N, C, ...) -> (rows, k * C)
-                inputs = _stack([self._segment(self.bn_sources[b], rows) for b in group])
-                per_channel = stats.channel_moments(inputs, channel=3)
-                s, q = (m.transpose(0, 1).reshape(rows, -1) for m in per_channel)
+            if self._buffered[g]:  # (rows, k, N, C, ...) -> (rows, k * C)
+                per_channel = stats.channel_moments(self._segments([self.bn_sources[b] for b in group], rows), 3)
+                s, q = (m.reshape(rows, -1) for m in per_channel)
             else:
                 s, q = small.pop(f"bn_sums{g}"), small.pop(f"bn_squares{g}")
             sums.append(s)
@@ -209,10 +208,17 @@ class ActivationLayout:
         """Free the rows of steps whose statistics are not wanted."""
         self._small = []
 
-    def _segment(self, s: int, rows: int) -> Tensor:
-        """Output ``s`` of the first ``rows`` rows: ``(rows, *shape)``."""
-        start = self.chunks.starts[s]
-        return self._values[:rows, start : start + self.chunks.numels[s]].view(rows, *self.shapes[s])
+    def _segments(self, segments: list[int], rows: int) -> Tensor:
+        """Outputs of the same shape in the first ``rows`` rows: ``(rows, len(segments), *shape)``,
+        a view of the rows when they lie at equal distances (a copy otherwise)."""
+        starts, shape = [self.chunks.starts[s] for s in segments], self.shapes[segments[0]]
+        strides = [int(np.prod(shape[d + 1 :])) for d in range(len(shape))]
+        spacing = set(np.diff(starts).tolist())
+        if len(spacing) <= 1:
+            step = spacing.pop() if spacing else 0
+            return self._values.as_strided((rows, len(starts), *shape), (self.chunks.total, step, *strides), starts[0])
+        views = [self._values[:rows, a : a + self.chunks.numels[s]] for a, s in zip(starts, segments, strict=True)]
+        return torch.stack([v.view(rows, *shape) for v in views], dim=1)
 
     # ------------------------------------------------------------------------- on the host
     def values(self, host: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
