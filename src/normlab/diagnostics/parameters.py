@@ -39,7 +39,7 @@ class ParameterLayout:
 
     def with_grad(self) -> tuple[int, ...]:
         """Indices of the parameters that have a gradient this step."""
-        return tuple(i for i, p in enumerate(self.params) if p.grad is not None)
+        return tuple([i for i, p in enumerate(self.params) if p.grad is not None])
 
     @torch.no_grad()
     def before_step(self, present: tuple[int, ...]) -> dict[str, Any]:
@@ -54,8 +54,7 @@ class ParameterLayout:
 
     def grad_norm(self, state: dict[str, Any]) -> float:
         """The global norm of the gradients (a sync): what the divergence check reads."""
-        norms = state["norms"].tolist()[: len(state["present"])]
-        return math.sqrt(math.fsum(n * n for n in norms))
+        return math.hypot(*state["norms"].tolist()[: len(state["present"])])
 
     def finite_layers(self, present: Sequence[int]) -> list[bool]:
         """Per layer, whether all its gradients are finite (a sync per tensor: for the rare step whose norm is not)."""
