@@ -294,34 +294,42 @@ def test_histograms_summed_over_ranks_give_the_same_percentiles() -> None:
     np.testing.assert_array_equal(2 * ha[..., 3:], hb[..., 3:])
 
 
-def test_parameter_layout_norms_per_layer() -> None:
+@pytest.mark.parametrize("wait", [False, True], ids=["update-at-once", "update-with-next-step"])
+def test_parameter_layout_norms_per_layer(wait: bool) -> None:
     net = MLP([64], 3, depth=2, width=80, norm="batch")
     layout = ParameterLayout(parameter_layers(net))
     assert [layer.name for layer in layout.layers] == ["layer1.fc", "layer1.bn", "layer2.fc", "layer2.bn", "head"]
     optimizer = torch.optim.Adam(net.parameters(), lr=0.1)
-    for _ in range(2):  # the second step reuses the buffers
+    steps = []
+    for step in range(3):  # later steps reuse the buffers
         optimizer.zero_grad()
         net(torch.randn(32, 64)).sum().backward()
-        net.layer2.bn.bias.grad = None  # a parameter without a gradient this step
+        if step:
+            net.layer2.bn.bias.grad = None  # a parameter without a gradient this step
         before = [[p.detach().clone() for p in layer.params] for layer in layout.layers]
         state = layout.before_step(layout.with_grad())
+        grads = [[p.grad.clone() for p in layer.params if p.grad is not None] for layer in layout.layers]
+        total = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in net.parameters() if p.grad is not None))
+        assert layout.grad_norm(state) == pytest.approx(total, rel=1e-5)
+        assert layout.finite_layers(state["present"]) == [True] * len(layout.layers)
         optimizer.step()
-        layout.after_step(state)
+        after = [[p.detach().clone() for p in layer.params] for layer in layout.layers]
+        layout.after_step(state, wait=wait)
+        assert ("update_norms" in state) != wait  # a waiting update comes with the next step's norms
+        steps.append((state, before, grads, after, total))
+    layout.close()
+    for state, before, grads, after, total in steps:
         host = {k: v.double().numpy()[None, :] for k, v in state.items() if isinstance(v, torch.Tensor)}
         values = dict(zip(layout.tags, layout.values(host, state["present"])[0], strict=True))
-        grads = [[p.grad for p in layer.params if p.grad is not None] for layer in layout.layers]
-        for layer, old, grad in zip(layout.layers, before, grads, strict=True):
+        for layer, old, grad, new in zip(layout.layers, before, grads, after, strict=True):
             weight = math.sqrt(sum(float(p.norm()) ** 2 for p in old))
             grad = math.sqrt(sum(float(g.norm()) ** 2 for g in grad))
-            update = math.sqrt(sum(float((p.detach() - q).norm()) ** 2 for p, q in zip(layer.params, old, strict=True)))
+            update = math.sqrt(sum(float((p - q).norm()) ** 2 for p, q in zip(new, old, strict=True)))
             assert values[f"weight_norm/{layer.name}"] == pytest.approx(weight, rel=1e-5)
             assert values[f"grad_norm/{layer.name}"] == pytest.approx(grad, rel=1e-5)
             assert values[f"update_ratio/{layer.name}"] == pytest.approx(update / weight, rel=1e-4)
             assert values[f"grad_nonfinite/{layer.name}"] == 0
-        total = math.sqrt(sum(float(p.grad.norm()) ** 2 for p in net.parameters() if p.grad is not None))
         assert values["grad_norm/global"] == pytest.approx(total, rel=1e-5)
-        assert layout.grad_norm(state) == pytest.approx(total, rel=1e-5)
-        assert layout.finite_layers(state["present"]) == [True] * len(layout.layers)
 
 
 # ----------------------------------------------------------------------------- names, hooks

@@ -274,8 +274,8 @@ class TrainingDiagnostics(L.Callback):
                 self._capture_activations(trainer)
             if trainer.global_step > record.step:  # the optimizer has stepped: the update is known
                 self._pending = None
-                if record.params is not None:
-                    self._parameters.after_step(record.params)
+                if record.params is not None:  # a logging step next takes the update with its own norms
+                    self._parameters.after_step(record.params, wait=self.is_logging_step(trainer.global_step))
                 if trainer.is_global_zero:
                     if not self._unwritten:
                         self._unwritten_since = time.perf_counter()
@@ -371,6 +371,7 @@ class TrainingDiagnostics(L.Callback):
         records, self._unwritten = self._unwritten, []
         if not records:
             return
+        self._parameters.close()
         self._binned(records)
         start = time.perf_counter()
         groups: dict[tuple, list[_Step]] = {}

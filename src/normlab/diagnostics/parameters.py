@@ -36,6 +36,7 @@ class ParameterLayout:
         # (tensors, layers) 0/1: squared tensor norms @ it = squared layer norms
         self._members = (layer_of[:, None] == np.arange(len(self.layers))).astype(np.float64)
         self._before: list[Tensor] | None = None  # the weights of the logging step under way
+        self._waiting: dict[str, Any] | None = None  # a logging step whose update waits (``after_step``)
 
     def with_grad(self) -> tuple[int, ...]:
         """Indices of the parameters that have a gradient this step."""
@@ -45,12 +46,20 @@ class ParameterLayout:
     def before_step(self, present: tuple[int, ...]) -> dict[str, Any]:
         """A logging step's tensors before the optimizer updates the weights: the norms of the
         gradients (of ``present``), then of the weights, per tensor (``norms``), and a copy of the
-        weights in a buffer kept for the next logging step."""
+        weights in a buffer kept for the update. The update of the logging step before, when it
+        waits (``after_step``), is taken in the same pass: the weights are as it left them."""
         if self._before is None:
             self._before = [torch.empty_like(p) for p in self.params]
-        torch._foreach_copy_(self._before, self.params)
         grads = [self.params[i].grad for i in present]
-        return {"present": present, "norms": stats.tensor_norms(grads + self.params)}
+        if self._waiting is None:
+            torch._foreach_copy_(self._before, self.params)
+            return {"present": present, "norms": stats.tensor_norms(grads + self.params)}
+        torch._foreach_sub_(self._before, self.params)
+        norms = stats.tensor_norms(grads + self.params + self._before)
+        torch._foreach_copy_(self._before, self.params)
+        count = len(grads) + len(self.params)
+        self._waiting["update_norms"], self._waiting = norms[count:], None
+        return {"present": present, "norms": norms[:count]}
 
     def grad_norm(self, state: dict[str, Any]) -> float:
         """The global norm of the gradients (a sync): what the divergence check reads."""
@@ -67,10 +76,21 @@ class ParameterLayout:
         state["grad_nonfinite"] = stats.nonfinite_counts([self.params[i].grad for i in state["present"]]).float()
 
     @torch.no_grad()
-    def after_step(self, state: dict[str, Any]) -> None:
-        """Add the norm of each tensor's update, now that the optimizer has made it."""
+    def after_step(self, state: dict[str, Any], wait: bool = False) -> None:
+        """Add the norm of each tensor's update, now that the optimizer has made it; with ``wait``
+        (the next step is a logging step too), at the next ``before_step`` or ``close``."""
+        self.close()
+        if wait:
+            self._waiting = state
+            return
         torch._foreach_sub_(self._before, self.params)
         state["update_norms"] = stats.tensor_norms(self._before)
+
+    def close(self) -> None:
+        """Take the update that waits, if any."""
+        if self._waiting is not None:
+            state, self._waiting = self._waiting, None
+            self.after_step(state)
 
     def values(self, host: dict[str, np.ndarray], present: Sequence[int]) -> np.ndarray:
         """Scalars ``(steps, len(tags))`` of several steps at once, from ``(steps, size)`` arrays:
