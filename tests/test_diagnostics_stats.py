@@ -41,10 +41,11 @@ def centred_values(bins: Bins, counts: np.ndarray) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- histograms
 def laid_out(chunks: Chunks, *steps: list[np.ndarray]) -> torch.Tensor:
-    """Each step's tensors in one padded row, as ``Chunks.fill`` lays them out."""
+    """Each step's tensors in one padded row, as an ``ActivationLayout`` lays them out."""
     rows = torch.full((len(steps), chunks.total), 7.0)  # the padding must come out as zeros
+    torch._foreach_zero_(chunks.padding(rows))
     for row, tensors in zip(rows, steps, strict=True):
-        chunks.fill(row, [torch.from_numpy(t) for t in tensors])
+        torch._foreach_copy_(chunks.places(row, [t.shape for t in tensors]), [torch.from_numpy(t) for t in tensors])
     return rows
 
 
@@ -269,6 +270,10 @@ def test_layout_reads_outputs_of_one_shape_from_its_rows_as_one_tensor() -> None
     for segments in ([0, 3], [0, 1, 3]):
         expected = torch.stack([torch.stack([o[s] for s in segments]) for o in (first, second)])
         torch.testing.assert_close(layout._segments(segments, 2), expected, rtol=0, atol=0)
+    with torch.no_grad():
+        layout.statistics()  # bins the rows in place, padding included
+    padding = layout.chunks.padding(layout._values)
+    assert padding and all(bool((p == 0).all()) for p in padding)  # zeros again for the next rows
 
 
 def test_nonfinite_outputs_are_counted_apart_and_left_out_of_the_moments() -> None:

@@ -2,10 +2,11 @@
 turns them into each step's scalars and histograms.
 
 An ``ActivationLayout`` is built once for a set of watched modules and output shapes. A logging
-step copies its outputs into a row of the layout's buffer on the device (one ``cat``) and computes
-its few small tensors; the histograms and moments of up to ``ROWS`` steps are then taken by one
-fixed list of operations over their rows, while the rows still fit in a core's cache. The host
-derives the statistics of many steps at once from arrays of fixed shape.
+step copies its outputs into their places in a row of the layout's buffer on the device (one
+``torch._foreach_copy_``) and computes its few small tensors; the histograms and moments of up to
+``ROWS`` steps are then taken by one fixed list of operations over their rows, while the rows still
+fit in a core's cache. The host derives the statistics of many steps at once from arrays of fixed
+shape.
 """
 
 from __future__ import annotations
@@ -112,7 +113,9 @@ class ActivationLayout:
         # each row a step's outputs laid end to end, until ``statistics``; as many rows as fit in a
         # core's cache, so that the steps' histograms and moments take one pass of operations
         self.capacity = max(1, min(rows, CACHE_BYTES // (4 * self.chunks.total)))
-        self._values = torch.empty(self.capacity, self.chunks.total, device=self.device)
+        self._values = torch.zeros(self.capacity, self.chunks.total, device=self.device)
+        self._places = [self.chunks.places(row, self.shapes) for row in self._values]  # per row, per output
+        self._padding = self.chunks.padding(self._values)  # zeros, but binning in place overwrites them
         self._small: list[dict[str, Tensor]] = []  # per filled row, its step's other tensors
 
     @staticmethod
@@ -152,7 +155,7 @@ class ActivationLayout:
         """
         if self.full:
             raise RuntimeError("the layout's rows are full: take their statistics first")
-        self.chunks.fill(self._values[self.used], outputs)
+        torch._foreach_copy_(self._places[self.used], list(outputs))
         small = {}
         if self.rectifiers:
             small["maxima"] = torch.cat([stats.unit_maxima(outputs[s][None]) for s in self.rectifiers], dim=1).float()
@@ -184,6 +187,8 @@ class ActivationLayout:
         else:
             moments = stats.chunk_moments(values, exact=True).float()
             counts = self.histogram.exact(values)
+        if self._padding:
+            torch._foreach_zero_(self._padding)
         if reduce is not None:
             sizes = [counts.shape[1], moments.shape[1]]
             counts, moments = reduce(torch.cat([counts, moments], dim=1)).split(sizes, dim=1)  # as float32

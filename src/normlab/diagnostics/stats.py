@@ -70,22 +70,18 @@ class Chunks:
         self.chunks = int(self.counts.sum())
         self.total = self.chunks * size
         self.owner = np.repeat(np.arange(len(self.numels)), self.counts)  # the tensor of each chunk
-        self._zeros: Tensor | None = None
-        self._pieces: list[Tensor | None] = []
-        self._places: list[int] = []
 
-    def fill(self, out: Tensor, tensors: Sequence[Tensor]) -> None:
-        """Copy ``tensors`` into the 1-D ``out`` of ``total`` values, in one operation."""
-        if self._zeros is None or self._zeros.device != out.device or self._zeros.dtype != out.dtype:
-            self._zeros = torch.zeros(max(self.pads), device=out.device, dtype=out.dtype)
-            self._pieces = []  # the tensors' places, each followed by its padding
-            for pad in self.pads:
-                self._pieces += [None, self._zeros[:pad]] if pad else [None]
-            self._places = [i for i, piece in enumerate(self._pieces) if piece is None]
-        pieces = list(self._pieces)
-        for at, t in zip(self._places, tensors, strict=True):
-            pieces[at] = t.reshape(-1)
-        torch.cat(pieces, out=out)
+    def places(self, row: Tensor, shapes: Sequence[Sequence[int]]) -> list[Tensor]:
+        """Each tensor's place in a 1-D ``row`` of ``total`` values, as a view of the tensor's shape:
+        one ``torch._foreach_copy_`` into them lays a step's tensors out."""
+        return [row[s : s + n].view(*shape) for s, n, shape in zip(self.starts, self.numels, shapes, strict=True)]
+
+    def padding(self, rows: Tensor) -> list[Tensor]:
+        """The padding after each tensor in every row of ``(rows, total)`` values, as views (none
+        for a tensor of whole chunks). It must hold zeros whenever the rows are reduced."""
+        return [
+            rows[:, s + n : s + n + pad] for s, n, pad in zip(self.starts, self.numels, self.pads, strict=True) if pad
+        ]
 
     def per_tensor(self, per_chunk: np.ndarray) -> np.ndarray:
         """Sums of each tensor's chunks: ``(..., chunks)`` -> ``(..., tensors)``."""
