@@ -8,8 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+from tensorboard.summary.writer import record_writer
 from torch import nn
 
 from normlab.diagnostics import stats
@@ -26,7 +29,7 @@ from normlab.diagnostics.watch import (
     parameter_layers,
     select_modules,
 )
-from normlab.diagnostics.writer import SummaryTemplate, _masked_crc32c, use_fast_checksums
+from normlab.diagnostics.writer import SummaryTemplate, _masked_crc32c, use_fast_checksums, write_summaries
 from normlab.models import MLP
 
 RNG = np.random.default_rng(0)
@@ -408,7 +411,7 @@ def test_summary_template_encodes_what_protobuf_decodes() -> None:
     scalars = np.array([[1.5, -2.0], [3.0, 1e-8]])
     histograms = RNG.uniform(0, 9, (2, 2, 7))
     for encoded, row, hist in zip(template.encode(scalars, histograms), scalars, histograms, strict=True):
-        values = Summary.FromString(encoded).value
+        values = Summary.FromString(bytes(encoded)).value
         assert [v.tag for v in values] == ["a/b", "x" * 300, "act/h1", "act/h2"]
         np.testing.assert_allclose([v.simple_value for v in values[:2]], row, rtol=1e-7)
         for v, e, h in zip(values[2:], edges, hist, strict=True):
@@ -421,6 +424,24 @@ def test_fast_checksums_equal_tensorboards_own() -> None:
     for size in (0, 1, 7, 8, 1000, 40_000):
         data = RNG.integers(0, 256, size, dtype=np.uint8).tobytes()
         assert _masked_crc32c(data) == pywrap_tensorflow.masked_crc32c(data)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["google-crc32c", "tensorboard-checksums"])
+def test_written_summaries_read_back_with_either_checksums(tmp_path, monkeypatch, fast: bool) -> None:
+    use_fast_checksums()
+    if not fast:
+        monkeypatch.setattr(record_writer, "masked_crc32c", pywrap_tensorflow.masked_crc32c)
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    template = SummaryTemplate(["a", "b"], [("h", np.linspace(0, 1, 5))])
+    steps = [0, 127, 128, 20_000]  # step numbers of one to three varint bytes
+    scalars = np.arange(8.0).reshape(4, 2)
+    histograms = np.tile(np.array([4.0, 2.0, 1.5, 1, 1, 2, 0]), (4, 1, 1))
+    write_summaries(logger, list(zip(steps, template.encode(scalars, histograms), strict=True)))
+    logger.experiment.flush()
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("b")] == list(zip(steps, scalars[:, 1], strict=True))
+    assert [list(e.histogram_value.bucket) for e in events.Histograms("h")] == [[1, 1, 2, 0]] * 4
 
 
 def test_merge_json_keeps_other_keys(tmp_path) -> None:

@@ -45,7 +45,10 @@ def use_fast_checksums() -> bool:
 
 def _masked_crc32c(data: bytes) -> int:
     """TensorFlow's masked CRC-32C of a record (the same rotation and offset as TensorBoard's own)."""
-    crc = google_crc32c.value(data)
+    return _mask(google_crc32c.value(data))
+
+
+def _mask(crc: int) -> int:
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
@@ -119,8 +122,8 @@ class SummaryTemplate:
         width = 3 + sizes.pop() if sizes else 0  # num, sum, sum_squares, then the counts
         self._doubles = np.asarray(doubles, dtype=np.int64).reshape(len(doubles), width, 1) + np.arange(8)
 
-    def encode(self, scalars: np.ndarray, histograms: np.ndarray | None = None) -> list[bytes]:
-        """One serialized ``Summary`` per step.
+    def encode(self, scalars: np.ndarray, histograms: np.ndarray | None = None) -> list[np.ndarray]:
+        """One serialized ``Summary`` per step: the ``uint8`` rows of one buffer (``bytes()`` copies one out).
 
         Args:
             scalars: ``(steps, tags)``.
@@ -135,32 +138,39 @@ class SummaryTemplate:
             data[:, self._doubles] = (
                 np.asarray(histograms, dtype="<f8").view(np.uint8).reshape(steps, *self._doubles.shape)
             )
-        size, flat = self._template.size, data.tobytes()
-        return [flat[i * size : (i + 1) * size] for i in range(steps)]
+        return list(data)
 
 
-def write_summaries(logger: TensorBoardLogger, summaries: Sequence[tuple[int, bytes]]) -> None:
+def write_summaries(logger: TensorBoardLogger, summaries: Sequence[tuple[int, bytes | np.ndarray]]) -> None:
     """Write serialized ``Summary`` messages as one event each, ``(step, summary)``, on rank zero.
 
     TensorBoard's writer thread appends each event to the file on its own, opening the file
-    every time when TensorFlow is absent; here TensorBoard's ``RecordWriter`` frames the events
-    as records in memory, and they are appended in one write. Each append is whole records, so
-    they cannot interleave with the writer thread's.
+    every time when TensorFlow is absent; here the events are framed as TFRecords in memory and
+    appended in one write. Each append is whole records, so they cannot interleave with the writer
+    thread's. With the fast checksums (``use_fast_checksums``) each summary is copied once, into
+    the framed buffer; otherwise TensorBoard's own ``RecordWriter`` frames them.
     """
     events = logger.experiment._get_file_writer().event_writer
-    encoded = [
-        b"\x09" + struct.pack("<d", time.time()) + b"\x10" + _varint(step) + _field(5, data) for step, data in summaries
-    ]
+    wall_time = struct.pack("<d", time.time())
+    heads = [b"\x09" + wall_time + b"\x10" + _varint(step) + b"\x2a" + _varint(len(data)) for step, data in summaries]
     file = getattr(events, "_general_file_writer", None)
     if file is None:  # another writer than TensorBoard's own: event by event
-        for event in encoded:
-            events.add_event(Event.FromString(event))
+        for head, (_, data) in zip(heads, summaries, strict=True):
+            events.add_event(Event.FromString(head + bytes(data)))
         return
-    records = io.BytesIO()
-    framing = record_writer.RecordWriter(records)  # TensorBoard's own framing, into memory
-    for event in encoded:
-        framing.write(event)
-    file.write(records.getvalue())
+    if record_writer.masked_crc32c is not _masked_crc32c:
+        records = io.BytesIO()
+        framing = record_writer.RecordWriter(records)  # TensorBoard's own framing, into memory
+        for head, (_, data) in zip(heads, summaries, strict=True):
+            framing.write(head + bytes(data))
+        file.write(records.getvalue())
+        return
+    records = []  # TFRecord: length, its masked CRC-32C, the event, the event's masked CRC-32C
+    for head, (_, data) in zip(heads, summaries, strict=True):
+        length = struct.pack("<Q", len(head) + len(data))
+        crc = _mask(google_crc32c.extend(google_crc32c.value(head), data))
+        records += [length, struct.pack("<I", _masked_crc32c(length)), head, data, struct.pack("<I", crc)]
+    file.write(b"".join(records))
 
 
 def custom_scalars_layout(modules: Sequence[str], percentile_tags: Sequence[str], layers: Sequence[str]) -> dict:
