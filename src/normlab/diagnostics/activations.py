@@ -238,7 +238,7 @@ class ActivationLayout:
         nonfinite = (total[:, :, 0] - before).ravel()
         cdf = (total[:, :, 1:] - total[:, :, :1]).reshape(steps * segments, -1)
         n = cdf[:, -1]
-        moments = self.chunks.per_tensor(host["moments"].astype(np.float64).reshape(steps, 2, -1))
+        moments = self.chunks.per_tensor(np.asarray(host["moments"], np.float64).reshape(steps, 2, -1))
         sums, squares = moments[:, 0].ravel(), moments[:, 1].ravel()
         mean, std = stats.mean_std(n, sums, squares)
         pct = stats.percentiles(cdf, np.tile(self.low, steps), np.tile(self.width, steps), self.q)
@@ -256,7 +256,7 @@ class ActivationLayout:
         if self.rectifiers:
             columns.append(stats.group_means((host["maxima"] <= 0).astype(np.float64), self.units))
         if self.batchnorms:
-            bn, snapshot = host["bn_moments"].astype(np.float64), host["snapshot"].astype(np.float64)
+            bn, snapshot = np.asarray(host["bn_moments"], np.float64), np.asarray(host["snapshot"], np.float64)
             total = int(self.channels.sum())
             drift = stats.batchnorm_drift(
                 bn[:, self._bn_sums],

@@ -97,11 +97,11 @@ class ParameterLayout:
         per layer weight norm, gradient norm, update ratio and non-finite gradients, then the
         global gradient norm."""
         present = list(present)
-        norms = host["norms"].astype(np.float64)
+        norms = np.asarray(host["norms"], np.float64)
         members = self._members
         grad = np.sqrt(np.square(norms[:, : len(present)]) @ members[present])
         weight = np.sqrt(np.square(norms[:, len(present) :]) @ members)
-        update = np.sqrt(np.square(host["update_norms"].astype(np.float64)) @ members)
+        update = np.sqrt(np.square(np.asarray(host["update_norms"], np.float64)) @ members)
         with np.errstate(invalid="ignore", divide="ignore"):
             ratio = np.where(weight > 0, update / weight, np.nan)
         bad = host["grad_nonfinite"] @ members[present] if "grad_nonfinite" in host else np.zeros_like(weight)
