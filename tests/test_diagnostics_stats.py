@@ -17,6 +17,7 @@ from torch import nn
 
 from normlab.diagnostics import stats
 from normlab.diagnostics.activations import FINE, ActivationLayout
+from normlab.diagnostics.callback import _activation_rows, _Step
 from normlab.diagnostics.divergence import locate_gradient, locate_loss
 from normlab.diagnostics.parameters import ParameterLayout
 from normlab.diagnostics.stats import Bins, Chunks, SegmentedHistogram
@@ -442,6 +443,19 @@ def test_written_summaries_read_back_with_either_checksums(tmp_path, monkeypatch
     events.Reload()
     assert [(e.step, e.value) for e in events.Scalars("b")] == list(zip(steps, scalars[:, 1], strict=True))
     assert [list(e.histogram_value.bucket) for e in events.Histograms("h")] == [[1, 1, 2, 0]] * 4
+
+
+def test_activation_rows_join_the_statistics_of_a_few_steps_and_pick_the_records_rows() -> None:
+    first = {"moments": torch.arange(8.0).view(4, 2), "cumulative": torch.arange(4.0).view(4, 1)}
+    second = {"moments": torch.arange(8.0, 12.0).view(2, 2), "cumulative": torch.arange(4.0, 6.0).view(2, 1)}
+    # a write that begins halfway through the first statistics, and one that takes every row
+    split = [_Step(step, activations=(first, row)) for step, row in ((2, 2), (3, 3))] + [
+        _Step(4, activations=(second, 0))
+    ]
+    rows = _activation_rows(split)
+    assert rows["cumulative"].view(-1).tolist() == [2, 3, 4] and rows["moments"][:, 0].tolist() == [4, 6, 8]
+    whole = _activation_rows([_Step(row, activations=(first, row)) for row in range(4)])
+    assert whole["moments"] is first["moments"]
 
 
 def test_merge_json_keeps_other_keys(tmp_path) -> None:

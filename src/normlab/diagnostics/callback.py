@@ -45,7 +45,7 @@ class _Step:
     step: int
     seconds: float = 0.0  # time its hooks took
     layout: ActivationLayout | None = None
-    activations: dict[str, Tensor] | None = None  # (1, size) each
+    activations: tuple[dict[str, Tensor], int] | None = None  # its layout's statistics, (steps, size) each; its row
     params: dict[str, Any] | None = None
     loss: float | None = None
 
@@ -325,7 +325,7 @@ class TrainingDiagnostics(L.Callback):
         self._binning = [r for r in self._binning if r.layout is not layout]
         tensors = layout.statistics(reduce)
         for i, record in enumerate(waiting):
-            record.activations = {k: v[i : i + 1] for k, v in tensors.items()}
+            record.activations = (tensors, i)
 
     def _binned(self, records: list[_Step]) -> None:
         """Take the statistics of every layout where one of ``records`` waits."""
@@ -356,7 +356,8 @@ class TrainingDiagnostics(L.Callback):
         if record is None or record.step != step or record.layout is None:
             return []
         self._binned([record])
-        total = record.activations["cumulative"].view(record.layout.segments, -1)
+        tensors, row = record.activations
+        total = tensors["cumulative"][row].view(record.layout.segments, -1)
         before = torch.cat([total.new_zeros(1), total[:-1, -1]])
         finite = (total[:, 0] == before).tolist()  # nothing in slot 0: no NaN or Inf
         names = [w.name for w in self._recorder.watched]
@@ -395,7 +396,7 @@ class TrainingDiagnostics(L.Callback):
         """The device tensors of steps of one group, ``(steps, size)`` each, by name."""
         first, out = records[0], {}
         if first.activations is not None:
-            out.update({f"act.{k}": torch.cat([r.activations[k] for r in records]) for k in first.activations})
+            out.update({f"act.{k}": v for k, v in _activation_rows(records).items()})
         if first.params is not None:
             tensors = [k for k, v in first.params.items() if isinstance(v, Tensor)]
             out.update({f"params.{k}": torch.stack([r.params[k] for r in records]) for k in tensors})
@@ -500,3 +501,22 @@ def _to_host(groups: list[dict[str, Tensor]]) -> list[dict[str, np.ndarray]]:
             offset += t.numel()
         out.append(host)
     return out
+
+
+def _activation_rows(records: list[_Step]) -> dict[str, Tensor]:
+    """The records' rows of their layout's statistics, ``(records, size)`` each: the statistics of
+    each few steps joined, then the records' rows picked (unless they are all the rows)."""
+    batches: list[dict[str, Tensor]] = []
+    starts: dict[int, int] = {}
+    rows = []
+    for record in records:
+        tensors, row = record.activations
+        if id(tensors) not in starts:
+            starts[id(tensors)] = sum(len(b["moments"]) for b in batches)
+            batches.append(tensors)
+        rows.append(starts[id(tensors)] + row)
+    joined = {k: batches[0][k] if len(batches) == 1 else torch.cat([b[k] for b in batches]) for k in batches[0]}
+    if rows == list(range(len(joined["moments"]))):
+        return joined
+    index = torch.tensor(rows, device=joined["moments"].device)
+    return {k: v.index_select(0, index) for k, v in joined.items()}
