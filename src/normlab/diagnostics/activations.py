@@ -121,7 +121,8 @@ class ActivationLayout:
     @staticmethod
     def sources(outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor]) -> tuple[int | None, ...]:
         """Per batch-norm input, its position among ``outputs`` (the same tensor), or ``None``."""
-        return tuple(next((j for j, o in enumerate(outputs) if o is x), None) for x in bn_inputs)
+        position = {id(o): j for j, o in enumerate(outputs)}
+        return tuple([position.get(id(x)) for x in bn_inputs])
 
     def _tags(self, percentiles: Sequence[float]) -> list[str]:
         """Scalar tag names, in the order of ``values``' columns."""
