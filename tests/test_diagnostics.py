@@ -164,6 +164,20 @@ def sigmoid_input_std(tmp_path: Path, model: str) -> list[float]:
     return [e.value for e in events(run_dir).Scalars(tag)]
 
 
+@pytest.mark.parametrize("every", [1, 2], ids=["update-with-next-step", "update-at-batch-end"])
+def test_sgd_update_ratio_is_lr_times_grad_over_weight(tmp_path: Path, every: int) -> None:
+    """Plain SGD moves each layer by lr times its gradient: whether a step's update is taken with the
+    next logging step's norms (every step) or at the end of its batch, the ratios must agree."""
+    diagnostics = TrainingDiagnostics(log_every_n_steps=every, dense_until_step=0)
+    fit(tmp_path, PlainNet(), 12, diagnostics, val_check_interval=5)  # validation writes mid-run
+    acc = events(tmp_path)
+    for layer in ("features.0", "features.1", "classifier"):
+        ratio, grad, weight = (acc.Scalars(f"{s}/{layer}") for s in ("update_ratio", "grad_norm", "weight_norm"))
+        assert [e.step for e in ratio] == list(range(0, 12, every))
+        for r, g, w in zip(ratio, grad, weight, strict=True):
+            assert r.value == pytest.approx(0.05 * g.value / w.value, rel=1e-4), (layer, r.step)
+
+
 def test_batch_norm_keeps_the_sigmoid_input_std_near_one_while_the_baseline_drifts(tmp_path: Path) -> None:
     bn, baseline = sigmoid_input_std(tmp_path, "batch"), sigmoid_input_std(tmp_path, "none")
     assert len(bn) == len(baseline) == 10

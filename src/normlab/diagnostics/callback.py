@@ -252,6 +252,7 @@ class TrainingDiagnostics(L.Callback):
         start = time.perf_counter()
         present = self._parameters.with_grad()
         if not present:
+            self._parameters.close()  # the weights are still as the last logging step left them
             return
         record.params = self._parameters.before_step(present)
         grad_norm = self._parameters.grad_norm(record.params)
