@@ -70,9 +70,14 @@ def _varint(n: int) -> bytes:
     return bytes(out)
 
 
+def _head(number: int, size: int) -> bytes:
+    """The key and length of a length-delimited field of ``size`` bytes."""
+    return _varint(number << 3 | 2) + _varint(size)
+
+
 def _field(number: int, payload: bytes) -> bytes:
     """A length-delimited field (string, bytes, message or packed numbers)."""
-    return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+    return _head(number, len(payload)) + payload
 
 
 class SummaryTemplate:
@@ -99,18 +104,18 @@ class SummaryTemplate:
         size = 0
         for tag in self.tags:
             value = _field(1, tag.encode()) + b"\x15"  # tag, then simple_value's key (field 2, 32-bit)
-            head = b"\x0a" + _varint(len(value) + 4) + value
+            head = _head(1, len(value) + 4) + value
             singles.append(size + len(head))
             chunks.append(head + bytes(4))
             size += len(head) + 4
         for tag, edges in histograms:
             bins = len(edges) - 1
             head = struct.pack("<BdBd", 0x09, float(edges[0]), 0x11, float(edges[-1]))
-            middle = _field(6, np.asarray(edges[1:], dtype="<f8").tobytes()) + _varint(7 << 3 | 2) + _varint(8 * bins)
+            middle = _field(6, np.asarray(edges[1:], dtype="<f8").tobytes()) + _head(7, 8 * bins)
             numbers = b"".join(key + bytes(8) for key in (b"\x19", b"\x21", b"\x29"))  # num, sum, sum_squares
             histo = head + numbers + middle + bytes(8 * bins)
             value = _field(1, tag.encode()) + _field(5, histo)
-            entry = b"\x0a" + _varint(len(value)) + value
+            entry = _head(1, len(value)) + value
             start = size + len(entry) - len(histo)
             offsets = [start + len(head) + 1 + 9 * k for k in range(3)]
             offsets += [start + len(head) + len(numbers) + len(middle) + 8 * k for k in range(bins)]
@@ -152,7 +157,7 @@ def write_summaries(logger: TensorBoardLogger, summaries: Sequence[tuple[int, by
     """
     events = logger.experiment._get_file_writer().event_writer
     wall_time = struct.pack("<d", time.time())
-    heads = [b"\x09" + wall_time + b"\x10" + _varint(step) + b"\x2a" + _varint(len(data)) for step, data in summaries]
+    heads = [b"\x09" + wall_time + b"\x10" + _varint(step) + _head(5, len(data)) for step, data in summaries]
     file = getattr(events, "_general_file_writer", None)
     if file is None:  # another writer than TensorBoard's own: event by event
         for head, (_, data) in zip(heads, summaries, strict=True):
