@@ -116,6 +116,12 @@ class ActivationLayout:
         self._values = torch.zeros(self.capacity, self.chunks.total, device=self.device)
         self._places = [self.chunks.places(row, self.shapes) for row in self._values]  # per row, per output
         self._padding = self.chunks.padding(self._values)  # zeros, but binning in place overwrites them
+        # per batch-norm group whose inputs lie in the rows, how to read them (built once: per call
+        # the arithmetic of the strides costs more than the reduction)
+        self._bn_reads = [
+            self._rows_of([self.bn_sources[b] for b in group]) if buffered else None
+            for group, buffered in zip(self.bn_groups, self._buffered, strict=True)
+        ]
         self._small: list[dict[str, Tensor]] = []  # per filled row, its step's other tensors
 
     @staticmethod
@@ -200,9 +206,9 @@ class ActivationLayout:
         """Per-channel sums, then sums of squares, of the batch norms' inputs, ``(rows, 2 * channels)``:
         from the buffered rows when the inputs are watched outputs, else from ``capture``."""
         sums, squares = [], []
-        for g, group in enumerate(self.bn_groups):
-            if self._buffered[g]:  # (rows, k, N, C, ...) -> (rows, k * C)
-                per_channel = stats.channel_moments(self._segments([self.bn_sources[b] for b in group], rows), 3)
+        for g, read in enumerate(self._bn_reads):
+            if read is not None:  # (rows, k, N, C, ...) -> (rows, k * C)
+                per_channel = stats.channel_moments(read(rows), 3)
                 s, q = (m.reshape(rows, -1) for m in per_channel)
             else:
                 s, q = small.pop(f"bn_sums{g}"), small.pop(f"bn_squares{g}")
@@ -217,14 +223,23 @@ class ActivationLayout:
     def _segments(self, segments: list[int], rows: int) -> Tensor:
         """Outputs of the same shape in the first ``rows`` rows: ``(rows, len(segments), *shape)``,
         a view of the rows when they lie at equal distances (a copy otherwise)."""
+        return self._rows_of(segments)(rows)
+
+    def _rows_of(self, segments: list[int]) -> Callable[[int], Tensor]:
+        """A reader of ``_segments`` for these segments."""
         starts, shape = [self.chunks.starts[s] for s in segments], self.shapes[segments[0]]
-        strides = [int(np.prod(shape[d + 1 :])) for d in range(len(shape))]
         spacing = set(np.diff(starts).tolist())
         if len(spacing) <= 1:
+            strides = [int(np.prod(shape[d + 1 :])) for d in range(len(shape))]
             step = spacing.pop() if spacing else 0
-            return self._values.as_strided((rows, len(starts), *shape), (self.chunks.total, step, *strides), starts[0])
-        views = [self._values[:rows, a : a + self.chunks.numels[s]] for a, s in zip(starts, segments, strict=True)]
-        return torch.stack([v.view(rows, *shape) for v in views], dim=1)
+            size, stride = (self.capacity, len(starts), *shape), (self.chunks.total, step, *strides)
+            view = self._values.as_strided(size, stride, starts[0])
+            return lambda rows: view[:rows]
+        views = [
+            self._values[:, a : a + self.chunks.numels[s]].view(self.capacity, *shape)
+            for a, s in zip(starts, segments, strict=True)
+        ]
+        return lambda rows: torch.stack([v[:rows] for v in views], dim=1)
 
     # ------------------------------------------------------------------------- on the host
     def values(self, host: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
