@@ -139,11 +139,15 @@ def test_saturation_counts_the_values_near_the_bounds() -> None:
     assert stats.saturated_fraction(cdf, low, high)[0] == pytest.approx(expected, abs=1e-12)
 
 
-def test_batchnorm_drift_against_numpy() -> None:
+@pytest.mark.parametrize("momentum", [0.0, 0.1, 0.9])
+def test_batchnorm_drift_against_numpy(momentum: float) -> None:
     x = RNG.normal(0.3, 2.0, (64, 5))
     running_mean, running_var, eps = RNG.normal(0, 1, 5), RNG.uniform(0.5, 3, 5), 1e-5
+    # as the batch left them: PyTorch's update, with the unbiased batch variance
+    after_mean = (1 - momentum) * running_mean + momentum * x.mean(0)
+    after_var = (1 - momentum) * running_var + momentum * x.var(0, ddof=1)
     sums, squares = (m[0].numpy() for m in stats.channel_moments(torch.from_numpy(x)[None]))
-    mean_drift, var_drift = stats.batchnorm_drift(sums, squares, 64.0, running_mean, running_var, eps)
+    mean_drift, var_drift = stats.batchnorm_drift(sums, squares, 64.0, after_mean, after_var, np.full(5, momentum), eps)
     expected_mean = np.abs(x.mean(0) - running_mean) / np.sqrt(running_var + eps)
     np.testing.assert_allclose(mean_drift, expected_mean, rtol=1e-5, atol=1e-6)  # float32 sums on the device
     np.testing.assert_allclose(var_drift, np.abs((x.var(0) + eps) / (running_var + eps) - 1), rtol=1e-5, atol=1e-6)
@@ -173,15 +177,19 @@ def recorded_mlp(activation: str = "sigmoid") -> tuple[MLP, ActivationRecorder, 
 
 def layout_of(recorder: ActivationRecorder, outputs: list[torch.Tensor]) -> ActivationLayout:
     indices = sorted(recorder.outputs)
-    offsets = recorder.snapshot_offsets()
-    snapshot = {s: offsets[i] for s, i in enumerate(indices) if i in offsets}
+    offsets = recorder.state_offsets()
+    segments = {s: offsets[i] for s, i in enumerate(indices) if i in offsets}
     watched = [recorder.watched[i] for i in indices]
     sources = ActivationLayout.sources(outputs, bn_inputs_of(recorder))
-    return ActivationLayout(watched, outputs, sources, snapshot, Bins(-8, 8, 80), [15, 50, 85], 0.95)
+    state = recorder.bn_state()
+    return ActivationLayout(watched, outputs, sources, state, segments, Bins(-8, 8, 80), [15, 50, 85], 0.95)
 
 
 def bn_inputs_of(recorder: ActivationRecorder) -> list[torch.Tensor]:
     return [recorder.bn_inputs[i] for i in sorted(recorder.bn_inputs)]
+
+
+BN_STATE = ("running_mean", "running_var", "weight", "bias")
 
 
 def captured_steps(
@@ -197,7 +205,10 @@ def captured_steps(
     net = MLP([8], 3, depth=2, width=16, activation=activation, norm="batch")
     recorder = ActivationRecorder(select_modules(net, types))
     layout, seen, device = None, [], []
+    norms = [w.module for w in recorder.watched if w.batchnorm]
     for step in range(steps):
+        # running means, running variances, weights and biases of the batch norms, before this batch
+        before = np.concatenate([getattr(m, key).detach().double().numpy() for key in BN_STATE for m in norms])
         recorder.attach()
         with torch.no_grad():
             net(torch.randn(32, 8) * (3 + step))
@@ -210,13 +221,13 @@ def captured_steps(
             {
                 "outputs": [o.double().numpy() for o in outputs],
                 "bn_inputs": [x.double().numpy() for x in bn_inputs_of(recorder)],
-                "snapshot": recorder.snapshot.double().numpy(),
+                "before": before,
             }
         )
         with torch.no_grad():
             if layout.full:
                 device.append(layout.statistics(**kwargs))
-            layout.capture(outputs, bn_inputs_of(recorder), recorder.snapshot)
+            layout.capture(outputs, bn_inputs_of(recorder), recorder.bn_state())
         recorder.release()
     device.append(layout.statistics(**kwargs))
     host = {k: np.concatenate([d[k].double().numpy() for d in device]) for k in device[0]}
@@ -250,7 +261,7 @@ def test_activation_layout_matches_numpy(activation: str, types: tuple[str, ...]
             if w.rectifier:
                 assert scalars[f"act/{w.name}/dead"] == pytest.approx(np.mean(out.max(0) <= 0))
         # running means, running variances, weights and biases of both batch norms, as before this batch
-        running_mean, running_var, gamma, beta = saw["snapshot"].reshape(4, -1)
+        running_mean, running_var, gamma, beta = saw["before"].reshape(4, -1)
         for b, s in enumerate(layout.batchnorms):
             bn, name = layout.watched[s].module, layout.watched[s].name
             channels = slice(16 * b, 16 * (b + 1))
@@ -261,6 +272,8 @@ def test_activation_layout_matches_numpy(activation: str, types: tuple[str, ...]
             # against the running statistics from before this batch updated them
             expected = np.mean(np.abs(x.mean(0) - mean) / np.sqrt(var + bn.eps))
             assert scalars[f"bn/{name}/batch_mean_drift"] == pytest.approx(expected, rel=1e-4)
+            expected = np.mean(np.abs((x.var(0) + bn.eps) / (var + bn.eps) - 1))
+            assert scalars[f"bn/{name}/batch_var_drift"] == pytest.approx(expected, rel=1e-4)
 
 
 def test_layout_reads_outputs_of_one_shape_from_its_rows_as_one_tensor() -> None:
@@ -269,7 +282,7 @@ def test_layout_reads_outputs_of_one_shape_from_its_rows_as_one_tensor() -> None
     second = [o * 2 for o in first]
     with torch.no_grad():
         for outputs in (first, second):
-            layout.capture(outputs, bn_inputs_of(recorder), recorder.snapshot)
+            layout.capture(outputs, bn_inputs_of(recorder), recorder.bn_state())
     # equally spaced in a row (a view) or not (a copy)
     for segments in ([0, 3], [0, 1, 3]):
         expected = torch.stack([torch.stack([o[s] for s in segments]) for o in (first, second)])
@@ -364,7 +377,7 @@ def test_recorder_keeps_first_outputs_and_leaves_no_hook() -> None:
     assert all(not m._forward_hooks for m in net.modules())
 
 
-def test_snapshot_places_running_statistics_and_affine_parameters_of_mixed_batch_norms() -> None:
+def test_bn_state_places_running_statistics_and_affine_parameters_of_mixed_batch_norms() -> None:
     net = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, affine=False), nn.Linear(3, 2), nn.BatchNorm1d(2))
     with torch.no_grad():
         net[3].weight.copy_(torch.tensor([2.0, 4.0]))
@@ -374,23 +387,102 @@ def test_snapshot_places_running_statistics_and_affine_parameters_of_mixed_batch
     with torch.no_grad():
         net(torch.randn(16, 4))
     recorder.detach()
-    snapshot = recorder.snapshot.numpy()
-    (mean0, var0, weight0, bias0), (mean1, var1, weight1, bias1) = recorder.snapshot_offsets().values()
+    assert recorder.snapshot is None  # a known momentum: nothing is copied before the forward pass
+    state = torch.cat(recorder.bn_state()).detach().numpy()
+    (mean0, var0, weight0, bias0, momentum0), (mean1, var1, weight1, bias1, momentum1) = (
+        recorder.state_offsets().values()
+    )
     assert weight0 is None and bias0 is None
-    np.testing.assert_array_equal(snapshot[mean1 : mean1 + 2], [0, 0])  # as before the batch updated them
-    np.testing.assert_array_equal(snapshot[var0 : var0 + 3], [1, 1, 1])
-    np.testing.assert_array_equal(snapshot[weight1 : weight1 + 2], [2, 4])
-    np.testing.assert_array_equal(snapshot[bias1 : bias1 + 2], [-1, 0.5])
+    np.testing.assert_array_equal(state[mean1 : mean1 + 2], net[3].running_mean.numpy())  # after the batch
+    np.testing.assert_array_equal(state[var0 : var0 + 3], net[1].running_var.numpy())
+    np.testing.assert_array_equal(state[weight1 : weight1 + 2], [2, 4])
+    np.testing.assert_array_equal(state[bias1 : bias1 + 2], [-1, 0.5])
+    np.testing.assert_allclose(state[momentum0 : momentum0 + 3], 0.1)
+    np.testing.assert_allclose(state[momentum1 : momentum1 + 2], 0.1)
     outputs = [recorder.outputs[i] for i in sorted(recorder.outputs)]
     layout = layout_of(recorder, outputs)
     assert layout.affine == [1]
     with torch.no_grad():
-        layout.capture(outputs, bn_inputs_of(recorder), recorder.snapshot)
+        layout.capture(outputs, bn_inputs_of(recorder), recorder.bn_state())
         device = layout.statistics()
     values, _ = layout.values({k: v.double().numpy() for k, v in device.items()})
     scalars = dict(zip(layout.tags, values[0], strict=True))
     assert scalars["bn/3/gamma_mean"] == 3 and scalars["bn/3/beta_mean"] == -0.25
     assert "bn/1/gamma_mean" not in scalars and "bn/1/batch_mean_drift" in scalars
+
+
+def bn_drift(
+    norm: nn.Module, x: torch.Tensor, twice: bool = False
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """A step of one batch norm on ``x`` through a recorder and a layout: its drift scalars, and
+    its running mean and variance from before the step."""
+    before = norm.running_mean.clone(), norm.running_var.clone()
+    recorder = ActivationRecorder(select_modules(nn.Sequential(norm), ["BatchNorm1d"]))
+    recorder.attach()
+    with torch.no_grad():
+        norm(norm(x) if twice else x)
+    recorder.detach()
+    outputs = [recorder.outputs[i] for i in sorted(recorder.outputs)]
+    layout = layout_of(recorder, outputs)
+    with torch.no_grad():
+        layout.capture(outputs, bn_inputs_of(recorder), recorder.bn_state())
+        device = layout.statistics()
+    values, _ = layout.values({k: v.double().numpy() for k, v in device.items()})
+    scalars = dict(zip(layout.tags, values[0], strict=True))
+    return {k.rsplit("/", 1)[1]: v for k, v in scalars.items() if k.startswith("bn/")}, *before
+
+
+def expected_drift(x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor, eps: float) -> tuple[float, float]:
+    x, mean, var = x.double().numpy(), mean.double().numpy(), var.double().numpy()
+    return (
+        float(np.mean(np.abs(x.mean(0) - mean) / np.sqrt(var + eps))),
+        float(np.mean(np.abs((x.var(0) + eps) / (var + eps) - 1))),
+    )
+
+
+@pytest.mark.parametrize(
+    "momentum, training", [(0.1, True), (0.7, True), (None, True), (1.0, True), (0.1, False)], ids=str
+)
+def test_bn_drift_is_against_the_running_statistics_from_before_the_batch(momentum, training) -> None:
+    norm = nn.BatchNorm1d(5, momentum=momentum).train(training)
+    with torch.no_grad():
+        norm.running_mean.copy_(torch.linspace(-1, 1, 5))
+        norm.running_var.copy_(torch.linspace(0.5, 2, 5))
+        norm.num_batches_tracked.fill_(3)
+    x = torch.randn(40, 5) * 2 + 1
+    drift, mean, var = bn_drift(norm, x)
+    if training:
+        assert not torch.equal(norm.running_mean, mean)  # the batch moved them
+    expected = expected_drift(x, mean, var, norm.eps)
+    assert drift["batch_mean_drift"] == pytest.approx(expected[0], rel=1e-5)
+    assert drift["batch_var_drift"] == pytest.approx(expected[1], rel=1e-5)
+
+
+def test_bn_drift_of_a_batch_norm_run_twice_is_unknown() -> None:
+    drift, _, _ = bn_drift(nn.BatchNorm1d(5), torch.randn(40, 5), twice=True)
+    assert np.isnan(drift["batch_mean_drift"]) and np.isnan(drift["batch_var_drift"])
+    assert drift["gamma_mean"] == 1
+
+
+def test_running_statistics_are_copied_before_the_batch_only_where_the_momentum_is_unknown() -> None:
+    recorder = ActivationRecorder(select_modules(nn.Sequential(nn.SyncBatchNorm(3)), DEFAULT_TYPES))
+    recorder.attach()  # a synchronised batch norm moves them by the statistics of all ranks
+    recorder.detach()
+    assert recorder.snapshot is not None
+    norm = nn.BatchNorm1d(3)
+    drift, _, _ = bn_drift(norm, torch.randn(8, 3))
+    assert not np.isnan(drift["batch_mean_drift"])
+    recorder = ActivationRecorder(select_modules(nn.Sequential(norm), DEFAULT_TYPES))
+    recorder.attach()
+    assert recorder.snapshot is None
+    norm.momentum = None  # changed under way: that step's drift is lost, then they are copied
+    with torch.no_grad():
+        norm(torch.randn(8, 3))
+    recorder.detach()
+    assert recorder.bn_state()[-1].isnan().all()  # the momenta
+    recorder.attach()
+    assert recorder.snapshot is not None
+    recorder.detach()
 
 
 # ----------------------------------------------------------------------------- divergence

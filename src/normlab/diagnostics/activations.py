@@ -38,8 +38,9 @@ class ActivationLayout:
         outputs: their outputs on the step the layout is built for (only the shapes are kept).
         bn_sources: per watched batch norm, the position in ``outputs`` of its input, or ``None``
             when its input is not watched (``sources``).
-        snapshot_offsets: segment -> where that batch norm's running mean, running variance,
-            weight and bias start in the recorder's snapshot (``ActivationRecorder.snapshot_offsets``).
+        state: the recorder's ``bn_state`` on that step (only the sizes are kept).
+        state_offsets: segment -> where that batch norm's running mean, running variance, weight,
+            bias and momentum start in a row of ``state`` (``ActivationRecorder.state_offsets``).
         bins: the written bins of unbounded outputs (sigmoid and tanh use their own bounds).
         percentiles: in percent, e.g. ``[15, 50, 85]``.
         saturation_threshold: see ``TrainingDiagnostics``.
@@ -51,7 +52,8 @@ class ActivationLayout:
         watched: Sequence[Watched],
         outputs: Sequence[Tensor],
         bn_sources: Sequence[int | None],
-        snapshot_offsets: dict[int, tuple[int, int, int | None, int | None]],
+        state: Sequence[Tensor],
+        state_offsets: dict[int, tuple[int, int, int | None, int | None, int]],
         bins: Bins,
         percentiles: Sequence[float],
         saturation_threshold: float,
@@ -103,10 +105,11 @@ class ActivationLayout:
         self._bn_sums = np.argsort(self._bn_sums, kind="stable")  # device position of each channel, in order
         self.affine = [s for s in self.batchnorms if self.watched[s].module.affine]
         self.affine_sizes = np.array([self.watched[s].module.num_features for s in self.affine], dtype=np.int64)
-        # where each channel's numbers lie in the snapshot: running mean and variance, weight and bias
-        self._running_mean, self._running_var, self._gamma, self._beta = (
-            _positions([snapshot_offsets[s][k] for s in segments], self.channels if k < 2 else self.affine_sizes)
-            for k, segments in enumerate([self.batchnorms, self.batchnorms, self.affine, self.affine])
+        # where each channel's numbers lie in a row of batch-norm state: running mean and variance,
+        # weight, bias and momentum
+        self._running_mean, self._running_var, self._gamma, self._beta, self._momentum = (
+            _positions([state_offsets[s][k] for s in segments], self.affine_sizes if k in (2, 3) else self.channels)
+            for k, segments in enumerate([self.batchnorms, self.batchnorms, self.affine, self.affine, self.batchnorms])
         )
         self.tags = self._tags(percentiles)
         self.segments = segments
@@ -116,6 +119,10 @@ class ActivationLayout:
         self._values = torch.zeros(self.capacity, self.chunks.total, device=self.device)
         self._places = [self.chunks.places(row, self.shapes) for row in self._values]  # per row, per output
         self._padding = self.chunks.padding(self._values)  # zeros, but binning in place overwrites them
+        # each row a step's batch-norm state, laid out by the same copy as its outputs
+        sizes = [t.numel() for t in state]
+        self._states = torch.zeros(self.capacity, sum(sizes), device=self.device)
+        self._state_places = [list(row.split(sizes)) if sizes else [] for row in self._states]
         # per batch-norm group whose inputs lie in the rows, how to read them (built once: per call
         # the arithmetic of the strides costs more than the reduction)
         self._bn_reads = [
@@ -151,18 +158,19 @@ class ActivationLayout:
     def full(self) -> bool:
         return self.used == self.capacity
 
-    def capture(self, outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor], snapshot: Tensor | None) -> None:
-        """Copy a step's outputs into the next row, and compute its small tensors at once: maxima
-        of rectifier units and batch-norm input moments; it keeps the batch norms' snapshot.
+    def capture(self, outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor], state: Sequence[Tensor]) -> None:
+        """Copy a step's outputs and batch-norm state into the next rows (one copy), and compute
+        its small tensors at once: maxima of rectifier units and batch-norm input moments.
 
         Args:
             outputs: the watched modules' outputs, in layout order.
             bn_inputs: the inputs of the batch norms, in layout order.
-            snapshot: the recorder's snapshot of running statistics, weights and biases.
+            state: the recorder's ``bn_state``.
         """
         if self.full:
             raise RuntimeError("the layout's rows are full: take their statistics first")
-        torch._foreach_copy_(self._places[self.used], list(outputs))
+        row = self.used
+        torch._foreach_copy_(self._places[row] + self._state_places[row], [*outputs, *state])
         small = {}
         if self.rectifiers:
             small["maxima"] = torch.cat([stats.unit_maxima(outputs[s][None]) for s in self.rectifiers], dim=1).float()
@@ -171,7 +179,6 @@ class ActivationLayout:
                 if not self._buffered[g]:
                     sums, squares = stats.channel_moments(_stack([bn_inputs[b] for b in group]))
                     small[f"bn_sums{g}"], small[f"bn_squares{g}"] = sums.reshape(1, -1), squares.reshape(1, -1)
-            small["snapshot"] = snapshot[None]
         self._small.append(small)
 
     def statistics(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
@@ -188,6 +195,7 @@ class ActivationLayout:
         out = {key: small[0][key] if len(small) == 1 else torch.cat([row[key] for row in small]) for key in small[0]}
         if self.batchnorms:  # before the histograms, which overwrite the rows
             out["bn_moments"] = self._bn_moments(out, len(small))
+            out["bn_state"] = self._states[: len(small)].clone()
         moments = stats.chunk_moments(values)
         if math.isfinite(moments.sum().item()):  # no NaN or Inf (or an overflow, which is counted exactly too)
             counts = self.histogram.finite(values)
@@ -272,19 +280,20 @@ class ActivationLayout:
         if self.rectifiers:
             columns.append(stats.group_means((host["maxima"] <= 0).astype(np.float64), self.units))
         if self.batchnorms:
-            bn, snapshot = np.asarray(host["bn_moments"], np.float64), np.asarray(host["snapshot"], np.float64)
+            bn, state = np.asarray(host["bn_moments"], np.float64), np.asarray(host["bn_state"], np.float64)
             total = int(self.channels.sum())
             drift = stats.batchnorm_drift(
                 bn[:, self._bn_sums],
                 bn[:, total + self._bn_sums],
                 self._per_channel,
-                snapshot[:, self._running_mean],
-                snapshot[:, self._running_var],
+                state[:, self._running_mean],
+                state[:, self._running_var],
+                state[:, self._momentum],
                 self._eps,
             )
             columns.append(np.stack([stats.group_means(d, self.channels) for d in drift], axis=2).reshape(steps, -1))
         if self.affine:
-            gamma, beta = snapshot[:, self._gamma], snapshot[:, self._beta]
+            gamma, beta = state[:, self._gamma], state[:, self._beta]
             means = [stats.group_means(gamma, self.affine_sizes), stats.group_means(beta, self.affine_sizes)]
             columns.append(np.stack(means, axis=2).reshape(steps, -1))
         histograms = np.column_stack([n, sums, squares, stats.coarsen(cdf, FINE)])

@@ -310,10 +310,11 @@ class TrainingDiagnostics(L.Callback):
         indices = tuple(sorted(recorder.outputs))
         outputs = [recorder.outputs[i] for i in indices]
         bn_inputs = [recorder.bn_inputs[i] for i in indices if i in recorder.bn_inputs]
-        layout = self._layout(indices, outputs, bn_inputs)
+        state = recorder.bn_state()
+        layout = self._layout(indices, outputs, bn_inputs, state)
         if layout.full:
             self._take_statistics(layout)
-        layout.capture(outputs, bn_inputs, recorder.snapshot)
+        layout.capture(outputs, bn_inputs, state)
         recorder.release()
         record.layout = layout
         self._binning.append(record)
@@ -335,17 +336,20 @@ class TrainingDiagnostics(L.Callback):
         }.values():
             self._take_statistics(layout)
 
-    def _layout(self, indices: tuple[int, ...], outputs: list[Tensor], bn_inputs: list[Tensor]) -> ActivationLayout:
-        """The layout of these modules' outputs, built on the first step that has their shapes."""
+    def _layout(
+        self, indices: tuple[int, ...], outputs: list[Tensor], bn_inputs: list[Tensor], state: list[Tensor]
+    ) -> ActivationLayout:
+        """The layout of these modules' outputs, built on the first step that has their shapes
+        (the batch-norm state of a recorder has the same shapes at every step)."""
         sources = ActivationLayout.sources(outputs, bn_inputs)
         key = (outputs[0].device, indices, tuple(o.shape for o in outputs), sources)
         layout = self._layouts.get(key)
         if layout is None:
-            offsets = self._recorder.snapshot_offsets()
+            offsets = self._recorder.state_offsets()
             watched = [self._recorder.watched[i] for i in indices]
-            snapshot = {s: offsets[i] for s, i in enumerate(indices) if i in offsets}
+            segments = {s: offsets[i] for s, i in enumerate(indices) if i in offsets}
             layout = ActivationLayout(
-                watched, outputs, sources, snapshot, self.bins, self.percentiles, self.saturation_threshold
+                watched, outputs, sources, state, segments, self.bins, self.percentiles, self.saturation_threshold
             )
             self._layouts[key] = layout
         return layout

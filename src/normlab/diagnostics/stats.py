@@ -266,23 +266,32 @@ def batchnorm_drift(
     n: np.ndarray,
     running_mean: np.ndarray,
     running_var: np.ndarray,
+    momentum: np.ndarray,
     eps: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per channel, how far a batch's statistics are from the running ones that evaluation uses.
 
+    The running statistics are compared as they were before the batch. They are read after it,
+    which moved them to ``(1 - momentum) * before + momentum * batch`` (PyTorch's update, with the
+    unbiased batch variance), so ``before`` is solved from that; a momentum of 0 reads them as they are.
+
     Args:
         sums, squares: per-channel sum and sum of squares of the layer's input.
         n: values per channel in the batch.
-        running_mean, running_var: the running statistics before the batch updated them.
+        running_mean, running_var: the running statistics after the batch.
+        momentum: how far the batch moved them (NaN where unknown, which gives NaN).
         eps: the layer's epsilon.
 
     Returns:
         ``|batch mean - running mean| / running std`` and ``|batch var / running var - 1|``
         (biased batch variance, both variances plus ``eps``).
     """
-    with np.errstate(invalid="ignore"):  # a non-finite input gives NaN
+    with np.errstate(invalid="ignore", divide="ignore"):  # a non-finite input gives NaN
         mean = sums / n
         var = np.maximum(squares / n - mean * mean, 0)
+        unbiased = var * n / np.maximum(n - 1, 1)
+        running_mean = (running_mean - momentum * mean) / (1 - momentum)
+        running_var = (running_var - momentum * unbiased) / (1 - momentum)
         mean_drift = np.abs(mean - running_mean) / np.sqrt(running_var + eps)
         var_drift = np.abs((var + eps) / (running_var + eps) - 1)
     return mean_drift, var_drift

@@ -18,6 +18,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.module import register_module_forward_hook
 from torch.utils.hooks import RemovableHandle
 
+NAN = float("nan")  # one object, so that tuples holding it compare equal (a cache key)
 # Output bounds of the saturating activations: their histograms span exactly this range.
 SATURATING = {"Sigmoid": (0.0, 1.0), "Tanh": (-1.0, 1.0)}
 # Activations whose units die: zero output for every input.
@@ -132,21 +133,28 @@ class ActivationRecorder:
 
     It is one global hook (``register_module_forward_hook``) that recognises the watched modules
     by identity: attaching and removing it costs one registration instead of one per module.
-    For the batch norms it also keeps their input and, taken when the hook is attached (before
-    the forward pass updates them), a snapshot of their running statistics (the train/eval drift)
-    and of their weights and biases (gamma and beta), all in one copy.
+    For the batch norms it also keeps their input, and hands over their state after the forward
+    pass (``bn_state``): running statistics, weights and biases (gamma and beta), and the momentum
+    with which this batch moved the running statistics, from which the host recovers them as they
+    were before the batch (the train/eval drift). Where that momentum is unknown (``momentum=None``
+    or 1, ``SyncBatchNorm``) the running statistics are copied before the forward pass instead.
     """
 
     def __init__(self, watched: Sequence[Watched]) -> None:
         self.watched = list(watched)
         self.outputs: dict[int, Tensor] = {}  # index in `watched` -> output, in firing order
         self.bn_inputs: dict[int, Tensor] = {}
-        self.snapshot: Tensor | None = None  # of the watched BNs: running means, running variances, weights, biases
+        self.snapshot: Tensor | None = None  # running means, then variances, when taken before the forward pass
         self.fired: list[int] = []
         self._index = {id(w.module): i for i, w in enumerate(self.watched)}
         self._batchnorm = [w.batchnorm for w in self.watched]
         self._norms = [w.module for w in self.watched if w.batchnorm]
         self._affine = [m for m in self._norms if m.affine]
+        self._repeated: set[int] = set()  # batch norms that ran more than once this step
+        # whether to copy the running statistics before the forward pass (decided once: a
+        # momentum that becomes unknown later costs that step its drift, then they are copied)
+        self._copy_before = any(_momentum_unknown(m) for m in self._norms)
+        self._momenta: dict[tuple, Tensor] = {}  # per-channel momenta, by the momentum of each batch norm
         self._handle: RemovableHandle | None = None
 
     @property
@@ -157,9 +165,9 @@ class ActivationRecorder:
     def batchnorms(self) -> list[int]:
         return [i for i, w in enumerate(self.watched) if w.batchnorm]
 
-    def snapshot_offsets(self) -> dict[int, tuple[int, int, int | None, int | None]]:
-        """Where each watched batch norm's numbers start in ``snapshot``: its running mean, running
-        variance, weight and bias (``None`` for a batch norm without them)."""
+    def state_offsets(self) -> dict[int, tuple[int, int, int | None, int | None, int]]:
+        """Where each watched batch norm's numbers start in a row of ``bn_state``: its running
+        mean, running variance, weight and bias (``None`` for a batch norm without them), and momentum."""
         sizes = [self.watched[i].module.num_features for i in self.batchnorms]
         means = np.cumsum([0, *sizes])[:-1]
         total, affine = sum(sizes), sum(m.num_features for m in self._affine)
@@ -167,21 +175,56 @@ class ActivationRecorder:
         offsets = {}
         for i, mean in zip(self.batchnorms, means.tolist(), strict=True):
             weight = 2 * total + next(weights) if self.watched[i].module.affine else None
-            offsets[i] = (mean, total + mean, weight, None if weight is None else weight + affine)
+            bias = None if weight is None else weight + affine
+            offsets[i] = (mean, total + mean, weight, bias, 2 * total + 2 * affine + mean)
         return offsets
 
     @torch.no_grad()
     def attach(self) -> None:
-        self.outputs, self.bn_inputs, self.fired = {}, {}, []
-        norms, affine = self._norms, self._affine
-        if norms:  # taken before the forward pass updates the running statistics
-            self.snapshot = torch.cat(
-                [m.running_mean for m in norms]
-                + [m.running_var for m in norms]
-                + [m.weight for m in affine]
-                + [m.bias for m in affine]
-            ).float()
+        self.outputs, self.bn_inputs, self.fired, self._repeated = {}, {}, [], set()
+        norms = self._norms
+        self.snapshot = None
+        if self._copy_before:  # before the forward pass updates them
+            self.snapshot = torch.cat([m.running_mean for m in norms] + [m.running_var for m in norms])
         self._handle = register_module_forward_hook(self._hook)
+
+    def bn_state(self) -> list[Tensor]:
+        """After the forward pass, the watched batch norms' running means, running variances,
+        weights and biases, and a tensor of each channel's momentum (the laid-out row of
+        ``state_offsets``). The running statistics are as the batch left them: ``(1 - momentum)
+        * before + momentum * batch`` (unbiased batch variance), unless the momentum is 0: they
+        were copied before (``snapshot``), or the batch norm did not update them (eval mode). A
+        batch norm that ran twice gets a NaN momentum: its statistics before cannot be recovered."""
+        norms = self._norms
+        if not norms:
+            return []
+        if self.snapshot is not None:
+            running = list(self.snapshot.split([m.num_features for m in norms] * 2))
+            momenta = tuple([0.0] * len(norms))
+        else:
+            running = [m.running_mean for m in norms] + [m.running_var for m in norms]
+            momenta = tuple([self._momentum(m) for m in norms])
+        weights = [m.weight for m in self._affine] + [m.bias for m in self._affine]
+        return running + weights + [self._momentum_tensor(momenta)]
+
+    def _momentum(self, norm: _BatchNorm) -> float:
+        """How far this step moved the running statistics of ``norm``: NaN where unknown."""
+        if not norm.training:
+            return 0.0
+        if _momentum_unknown(norm):
+            self._copy_before = True
+            return NAN
+        if self._repeated and self._index[id(norm)] in self._repeated:
+            return NAN
+        return float(norm.momentum)
+
+    def _momentum_tensor(self, momenta: tuple[float, ...]) -> Tensor:
+        tensor = self._momenta.get(momenta)
+        if tensor is None:
+            per_channel = np.repeat(momenta, [m.num_features for m in self._norms])
+            device = self._norms[0].running_mean.device
+            tensor = self._momenta[momenta] = torch.tensor(per_channel, dtype=torch.float32, device=device)
+        return tensor
 
     def detach(self) -> None:
         if self._handle is not None:
@@ -195,8 +238,19 @@ class ActivationRecorder:
 
     def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
         i = self._index.get(id(module))
-        if i is None or i in self.outputs or not isinstance(output, Tensor):
+        if i is None or not isinstance(output, Tensor):
+            return
+        if i in self.outputs:
+            if self._batchnorm[i]:
+                self._repeated.add(i)
             return
         self.outputs[i] = output  # read under no_grad only: no detach needed
         if self._batchnorm[i] and args and isinstance(args[0], Tensor):
             self.bn_inputs[i] = args[0]
+
+
+def _momentum_unknown(norm: _BatchNorm) -> bool:
+    """Whether a training batch moves the running statistics by an amount not known from the
+    batch alone: a cumulative average, a momentum of 1, or statistics synchronised across ranks."""
+    momentum = norm.momentum
+    return momentum is None or momentum >= 1 or isinstance(norm, nn.SyncBatchNorm)
