@@ -124,8 +124,10 @@ class SummaryTemplate:
             size += len(entry)
         self._template = np.frombuffer(b"".join(chunks), dtype=np.uint8)
         self._singles = np.asarray(singles, dtype=np.int64).reshape(-1, 1) + np.arange(4)
-        width = 3 + sizes.pop() if sizes else 0  # num, sum, sum_squares, then the counts
-        self._doubles = np.asarray(doubles, dtype=np.int64).reshape(len(doubles), width, 1) + np.arange(8)
+        # num, sum and sum_squares of each histogram, one key byte apart; its counts lie end to end
+        self._numbers = np.asarray([d[:3] for d in doubles], dtype=np.int64).reshape(-1, 3, 1) + np.arange(8)
+        self._counts = [d[3] for d in doubles]
+        self._bins = sizes.pop() if sizes else 0
 
     def encode(self, scalars: np.ndarray, histograms: np.ndarray | None = None) -> list[np.ndarray]:
         """One serialized ``Summary`` per step: the ``uint8`` rows of one buffer (``bytes()`` copies one out).
@@ -140,9 +142,10 @@ class SummaryTemplate:
         data = np.tile(self._template, (steps, 1))
         data[:, self._singles] = scalars.view(np.uint8).reshape(steps, -1, 4)
         if histograms is not None:
-            data[:, self._doubles] = (
-                np.asarray(histograms, dtype="<f8").view(np.uint8).reshape(steps, *self._doubles.shape)
-            )
+            raw = np.ascontiguousarray(histograms, dtype="<f8").view(np.uint8).reshape(steps, len(self._counts), -1)
+            data[:, self._numbers] = raw[:, :, :24].reshape(steps, len(self._counts), 3, 8)
+            for h, start in enumerate(self._counts):
+                data[:, start : start + 8 * self._bins] = raw[:, h, 24:]
         return list(data)
 
 
@@ -156,8 +159,9 @@ def write_summaries(logger: TensorBoardLogger, summaries: Sequence[tuple[int, by
     the framed buffer; otherwise TensorBoard's own ``RecordWriter`` frames them.
     """
     events = logger.experiment._get_file_writer().event_writer
-    wall_time = struct.pack("<d", time.time())
-    heads = [b"\x09" + wall_time + b"\x10" + _varint(step) + _head(5, len(data)) for step, data in summaries]
+    wall_time = b"\x09" + struct.pack("<d", time.time()) + b"\x10"
+    fields = {size: _head(5, size) for size in {len(data) for _, data in summaries}}  # mostly one size
+    heads = [wall_time + _varint(step) + fields[len(data)] for step, data in summaries]
     file = getattr(events, "_general_file_writer", None)
     if file is None:  # another writer than TensorBoard's own: event by event
         for head, (_, data) in zip(heads, summaries, strict=True):
@@ -170,11 +174,17 @@ def write_summaries(logger: TensorBoardLogger, summaries: Sequence[tuple[int, by
             framing.write(head + bytes(data))
         file.write(records.getvalue())
         return
-    records = []  # TFRecord: length, its masked CRC-32C, the event, the event's masked CRC-32C
+    records = []  # TFRecord: length and its masked CRC-32C, the event, the event's masked CRC-32C
+    lengths: dict[int, bytes] = {}
     for head, (_, data) in zip(heads, summaries, strict=True):
-        length = struct.pack("<Q", len(head) + len(data))
+        size = len(head) + len(data)
+        length = lengths.get(size)
+        if length is None:
+            length = lengths[size] = struct.pack("<Q", size) + struct.pack(
+                "<I", _masked_crc32c(struct.pack("<Q", size))
+            )
         crc = _mask(google_crc32c.extend(google_crc32c.value(head), data))
-        records += [length, struct.pack("<I", _masked_crc32c(length)), head, data, struct.pack("<I", crc)]
+        records += [length, head, data, struct.pack("<I", crc)]
     file.write(b"".join(records))
 
 
