@@ -108,9 +108,13 @@ class ActivationLayout:
         # where each channel's numbers lie in a row of batch-norm state: running mean and variance,
         # weight, bias and momentum
         self._running_mean, self._running_var, self._gamma, self._beta, self._momentum = (
-            _positions([state_offsets[s][k] for s in segments], self.affine_sizes if k in (2, 3) else self.channels)
+            _index(
+                _positions([state_offsets[s][k] for s in segments], self.affine_sizes if k in (2, 3) else self.channels)
+            )
             for k, segments in enumerate([self.batchnorms, self.batchnorms, self.affine, self.affine, self.batchnorms])
         )
+        total = int(self.channels.sum())
+        self._bn_sum_index, self._bn_square_index = _index(self._bn_sums), _index(total + self._bn_sums)
         self.tags = self._tags(percentiles)
         self.segments = segments
         # each row a step's outputs laid end to end, until ``statistics``; as many rows as fit in a
@@ -281,27 +285,32 @@ class ActivationLayout:
             columns.append(stats.group_means((host["maxima"] <= 0).astype(np.float64), self.units))
         if self.batchnorms:
             bn, state = np.asarray(host["bn_moments"], np.float64), np.asarray(host["bn_state"], np.float64)
-            total = int(self.channels.sum())
             drift = stats.batchnorm_drift(
-                bn[:, self._bn_sums],
-                bn[:, total + self._bn_sums],
+                bn[:, self._bn_sum_index],
+                bn[:, self._bn_square_index],
                 self._per_channel,
                 state[:, self._running_mean],
                 state[:, self._running_var],
                 state[:, self._momentum],
                 self._eps,
             )
-            columns.append(np.stack([stats.group_means(d, self.channels) for d in drift], axis=2).reshape(steps, -1))
+            columns.append(stats.group_means(np.stack(drift, axis=2), self.channels, axis=1).reshape(steps, -1))
         if self.affine:
-            gamma, beta = state[:, self._gamma], state[:, self._beta]
-            means = [stats.group_means(gamma, self.affine_sizes), stats.group_means(beta, self.affine_sizes)]
-            columns.append(np.stack(means, axis=2).reshape(steps, -1))
+            gamma_beta = np.stack([state[:, self._gamma], state[:, self._beta]], axis=2)
+            columns.append(stats.group_means(gamma_beta, self.affine_sizes, axis=1).reshape(steps, -1))
         histograms = np.column_stack([n, sums, squares, stats.coarsen(cdf, FINE)])
         return np.concatenate(columns, axis=1), histograms.reshape(steps, segments, -1)
 
 
 def _stack(tensors: list[Tensor]) -> Tensor:
     return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
+
+
+def _index(positions: np.ndarray) -> slice | np.ndarray:
+    """``positions`` as a slice when they run without a gap (a view instead of a copy)."""
+    if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
+        return slice(int(positions[0]), int(positions[0]) + len(positions))
+    return positions
 
 
 def _positions(starts: Sequence[int], sizes: Sequence[int]) -> np.ndarray:

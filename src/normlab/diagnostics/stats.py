@@ -297,11 +297,12 @@ def batchnorm_drift(
     return mean_drift, var_drift
 
 
-def group_means(values: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Mean of each consecutive group of ``sizes`` values along the last axis (``sizes`` int64)."""
+def group_means(values: np.ndarray, sizes: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mean of each consecutive group of ``sizes`` values along ``axis`` (``sizes`` int64)."""
     starts = np.zeros_like(sizes)
     np.cumsum(sizes[:-1], out=starts[1:])
-    return np.add.reduceat(values, starts, axis=-1) / sizes
+    sums = np.add.reduceat(values, starts, axis=axis)
+    return sums / sizes.reshape([-1] + [1] * (values.ndim - 1 - axis % values.ndim))
 
 
 def coarsen(cdf: np.ndarray, factor: int) -> np.ndarray:
