@@ -3,13 +3,15 @@
 The 784-100-100-100-10 sigmoid MLP with batch norm trains with SGD on MNIST-shaped random tensors
 (batch 60, CPU) in a Lightning Trainer (TensorBoardLogger in a temporary directory, no progress
 bar, no checkpoints). Arms: no diagnostics; ours every 1, 10 and 50 steps (50 is the default,
-with its denser first 100 steps); and a naive reference that writes ``add_histogram`` of CPU
-copies of every module output, weight and gradient at the same cadences. The step time of an
-arm is the wall time of its steps after the first ``--warmup``; the arms without the naive
-reference run interleaved, ``--repeats`` times, and each ratio is the median over the repeats
-of (arm / no diagnostics) in the same repeat. Step time is the process's CPU time (all threads,
-TensorBoard's writer included): the two cores are shared, and CPU time does not count the time
-another process held them; wall-clock ratios are printed beside it.
+with every 10 steps before step 50); and a naive reference that writes ``add_histogram`` of CPU
+copies of every module output, weight and gradient at the same cadences.
+
+A run's step time is the process's CPU time (all threads, TensorBoard's writer included) over its
+steps after the first ``--warmup``: the two cores are shared, and CPU time does not count the time
+another process held them; wall-clock ratios are printed beside it. Each cadence of ours runs
+``--repeats`` times, each time right before or right after a run without diagnostics (which goes
+first alternates), and its ratio is the median over the repeats of (ours / the run beside it): the
+load of other processes changes over seconds, so each ratio compares runs seconds apart.
 
     python scripts/benchmark_diagnostics.py [--steps 1500] [--repeats 7] [--threads 1] [--json]
 """
@@ -123,28 +125,34 @@ def main() -> None:
     }
     use_fast_checksums()
 
-    arms = {"none": lambda: [], **{str(n): (lambda n=n: [TrainingDiagnostics(log_every_n_steps=n)]) for n in CADENCES}}
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in arms}
+    ours: dict[int, list[tuple[float, float]]] = {n: [] for n in CADENCES}
+    beside: dict[int, list[tuple[float, float]]] = {n: [] for n in CADENCES}  # the run without diagnostics
     for r in range(args.repeats):
-        order = list(arms)[r % len(arms) :] + list(arms)[: r % len(arms)]  # rotate who goes first
-        for name in order:
-            times[name].append(step_seconds(datamodule, args.steps, args.warmup, arms[name]()))
+        for n in CADENCES[r % len(CADENCES) :] + CADENCES[: r % len(CADENCES)]:  # rotate who goes first
+            for arm in ("ours", "none") if r % 2 else ("none", "ours"):
+                callbacks = [TrainingDiagnostics(log_every_n_steps=n)] if arm == "ours" else []
+                (ours if arm == "ours" else beside)[n].append(
+                    step_seconds(datamodule, args.steps, args.warmup, callbacks)
+                )
 
-    def ratio(name: str, clock: int) -> float:
-        return round(statistics.median(t[clock] / b[clock] for t, b in zip(times[name], times["none"], strict=True)), 3)
+    def ratio(n: int, clock: int) -> float:
+        return round(statistics.median(t[clock] / b[clock] for t, b in zip(ours[n], beside[n], strict=True)), 3)
+
+    def median_ms(runs: list[tuple[float, float]]) -> float:
+        return round(statistics.median(c for c, _ in runs) * 1000, 3)
 
     result = {
-        "overhead": {str(n): ratio(str(n), 0) for n in CADENCES},
-        "overhead_wall": {str(n): ratio(str(n), 1) for n in CADENCES},
+        "overhead": {str(n): ratio(n, 0) for n in CADENCES},
+        "overhead_wall": {str(n): ratio(n, 1) for n in CADENCES},
         "naive": {str(n): round(v, 2) for n, v in naive.items()},
-        "step_ms": {name: round(statistics.median(c for c, _ in t) * 1000, 3) for name, t in times.items()},
+        "step_ms": {"none": median_ms(sum(beside.values(), [])), **{str(n): median_ms(ours[n]) for n in CADENCES}},
         "steps": args.steps,
         "repeats": args.repeats,
         "threads": args.threads,
     }
     print(
-        f"CPU time per step without diagnostics: {result['step_ms']['none']} ms "
-        f"(median of {args.repeats} interleaved runs of {args.steps} steps, {args.threads} thread)"
+        f"CPU time per step without diagnostics: {result['step_ms']['none']} ms (median of "
+        f"{args.repeats * len(CADENCES)} runs of {args.steps} steps, each beside a run of ours; {args.threads} thread)"
     )
     for n in CADENCES:
         key = str(n)
