@@ -485,6 +485,14 @@ def test_running_statistics_are_copied_before_the_batch_only_where_the_momentum_
     recorder.detach()
 
 
+def test_bn_state_momenta_follow_the_batch_norms_to_another_device() -> None:
+    norm = nn.BatchNorm1d(3)
+    recorder = ActivationRecorder(select_modules(nn.Sequential(norm), DEFAULT_TYPES))
+    assert recorder.bn_state()[-1].device.type == "cpu"
+    norm.to("meta")
+    assert all(t.device.type == "meta" for t in recorder.bn_state())
+
+
 # ----------------------------------------------------------------------------- divergence
 def test_locate_loss_follows_the_evidence_in_causal_order() -> None:
     good = Layer("a", [nn.Parameter(torch.ones(2))])

@@ -154,7 +154,7 @@ class ActivationRecorder:
         # whether to copy the running statistics before the forward pass (decided once: a
         # momentum that becomes unknown later costs that step its drift, then they are copied)
         self._copy_before = any(_momentum_unknown(m) for m in self._norms)
-        self._momenta: dict[tuple, Tensor] = {}  # per-channel momenta, by the momentum of each batch norm
+        self._momenta: dict[tuple, Tensor] = {}  # per-channel momenta, by device and each batch norm's momentum
         self._handle: RemovableHandle | None = None
 
     @property
@@ -219,11 +219,11 @@ class ActivationRecorder:
         return float(norm.momentum)
 
     def _momentum_tensor(self, momenta: tuple[float, ...]) -> Tensor:
-        tensor = self._momenta.get(momenta)
+        device = self._norms[0].running_mean.device
+        tensor = self._momenta.get((device, momenta))
         if tensor is None:
             per_channel = np.repeat(momenta, [m.num_features for m in self._norms])
-            device = self._norms[0].running_mean.device
-            tensor = self._momenta[momenta] = torch.tensor(per_channel, dtype=torch.float32, device=device)
+            tensor = self._momenta[device, momenta] = torch.tensor(per_channel, dtype=torch.float32, device=device)
         return tensor
 
     def detach(self) -> None:
