@@ -286,7 +286,7 @@ def test_layout_reads_outputs_of_one_shape_from_its_rows_as_one_tensor() -> None
     # equally spaced in a row (a view) or not (a copy)
     for segments in ([0, 3], [0, 1, 3]):
         expected = torch.stack([torch.stack([o[s] for s in segments]) for o in (first, second)])
-        torch.testing.assert_close(layout._segments(segments, 2), expected, rtol=0, atol=0)
+        torch.testing.assert_close(layout._rows_of(segments)(2), expected, rtol=0, atol=0)
     with torch.no_grad():
         layout.statistics()  # bins the rows in place, padding included
     padding = layout.chunks.padding(layout._values)

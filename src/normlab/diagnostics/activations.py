@@ -98,11 +98,11 @@ class ActivationLayout:
                 g for g in self.bn_groups if (self.shapes[self.batchnorms[g[0]]], self.bn_sources[g[0]] is None) == key
             ]
             same[0].append(b) if same else self.bn_groups.append([b])
-        self._buffered = [self.bn_sources[g[0]] is not None for g in self.bn_groups]
         starts = np.cumsum([0, *self.channels])
         order = [b for group in self.bn_groups for b in group]
-        self._bn_sums = np.concatenate([np.arange(starts[b], starts[b + 1]) for b in order] or [[]]).astype(np.int64)
-        self._bn_sums = np.argsort(self._bn_sums, kind="stable")  # device position of each channel, in order
+        sums = np.concatenate([np.arange(starts[b], starts[b + 1]) for b in order] or [[]]).astype(np.int64)
+        sums = np.argsort(sums, kind="stable")  # device position of each channel's sum, in order
+        self._bn_sum_index, self._bn_square_index = _index(sums), _index(int(self.channels.sum()) + sums)
         self.affine = [s for s in self.batchnorms if self.watched[s].module.affine]
         self.affine_sizes = np.array([self.watched[s].module.num_features for s in self.affine], dtype=np.int64)
         # where each channel's numbers lie in a row of batch-norm state: running mean and variance,
@@ -113,8 +113,6 @@ class ActivationLayout:
             )
             for k, segments in enumerate([self.batchnorms, self.batchnorms, self.affine, self.affine, self.batchnorms])
         )
-        total = int(self.channels.sum())
-        self._bn_sum_index, self._bn_square_index = _index(self._bn_sums), _index(total + self._bn_sums)
         self.tags = self._tags(percentiles)
         self.segments = segments
         # each row a step's outputs laid end to end, until ``statistics``; as many rows as fit in a
@@ -127,11 +125,11 @@ class ActivationLayout:
         sizes = [t.numel() for t in state]
         self._states = torch.zeros(self.capacity, sum(sizes), device=self.device)
         self._state_places = [list(row.split(sizes)) if sizes else [] for row in self._states]
-        # per batch-norm group whose inputs lie in the rows, how to read them (built once: per call
-        # the arithmetic of the strides costs more than the reduction)
+        # per batch-norm group, how to read its inputs from the rows when they are watched outputs,
+        # else None (built once: per call the arithmetic of the strides costs more than the reduction)
         self._bn_reads = [
-            self._rows_of([self.bn_sources[b] for b in group]) if buffered else None
-            for group, buffered in zip(self.bn_groups, self._buffered, strict=True)
+            self._rows_of([self.bn_sources[b] for b in group]) if self.bn_sources[group[0]] is not None else None
+            for group in self.bn_groups
         ]
         self._small: list[dict[str, Tensor]] = []  # per filled row, its step's other tensors
 
@@ -180,7 +178,7 @@ class ActivationLayout:
             small["maxima"] = torch.cat([stats.unit_maxima(outputs[s][None]) for s in self.rectifiers], dim=1).float()
         if self.batchnorms:
             for g, group in enumerate(self.bn_groups):
-                if not self._buffered[g]:
+                if self._bn_reads[g] is None:
                     sums, squares = stats.channel_moments(_stack([bn_inputs[b] for b in group]))
                     small[f"bn_sums{g}"], small[f"bn_squares{g}"] = sums.reshape(1, -1), squares.reshape(1, -1)
         self._small.append(small)
@@ -232,13 +230,10 @@ class ActivationLayout:
         """Free the rows of steps whose statistics are not wanted."""
         self._small = []
 
-    def _segments(self, segments: list[int], rows: int) -> Tensor:
-        """Outputs of the same shape in the first ``rows`` rows: ``(rows, len(segments), *shape)``,
-        a view of the rows when they lie at equal distances (a copy otherwise)."""
-        return self._rows_of(segments)(rows)
-
     def _rows_of(self, segments: list[int]) -> Callable[[int], Tensor]:
-        """A reader of ``_segments`` for these segments."""
+        """A reader of these outputs of the same shape in the first ``rows`` rows: ``rows ->
+        (rows, len(segments), *shape)``, a view of the rows when they lie at equal distances (a
+        copy otherwise)."""
         starts, shape = [self.chunks.starts[s] for s in segments], self.shapes[segments[0]]
         spacing = set(np.diff(starts).tolist())
         if len(spacing) <= 1:

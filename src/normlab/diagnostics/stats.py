@@ -122,7 +122,6 @@ class SegmentedHistogram:
         if len(counts) != 1 or len(layout.numels) != len(bins):
             raise ValueError(f"one Bins per segment, all with the same count, got {list(bins)}")
         self.layout = layout
-        self.bins = list(bins)
         self.count = counts.pop()
         self.slots = len(bins) * (self.count + 1)
         self.device = device

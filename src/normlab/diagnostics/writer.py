@@ -180,9 +180,8 @@ def write_summaries(logger: TensorBoardLogger, summaries: Sequence[tuple[int, by
         size = len(head) + len(data)
         length = lengths.get(size)
         if length is None:
-            length = lengths[size] = struct.pack("<Q", size) + struct.pack(
-                "<I", _masked_crc32c(struct.pack("<Q", size))
-            )
+            packed = struct.pack("<Q", size)
+            length = lengths[size] = packed + struct.pack("<I", _masked_crc32c(packed))
         crc = _mask(google_crc32c.extend(google_crc32c.value(head), data))
         records += [length, head, data, struct.pack("<I", crc)]
     file.write(b"".join(records))
