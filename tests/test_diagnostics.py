@@ -79,28 +79,35 @@ def events(run_dir: Path) -> EventAccumulator:
 
 
 class HookProbe(L.Callback):
-    """Counts the steps on which the diagnostics' forward hook was attached during the forward pass,
-    and checks that no hook is left on any other step (it runs before the diagnostics' hooks)."""
+    """Counts the steps on which the diagnostics recorded the forward pass (a module's ``forward``
+    set on the instance), and checks that nothing is left on any other step (it runs before the
+    diagnostics' hooks)."""
 
     def __init__(self) -> None:
         self.hooked_steps: list[int] = []
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        assert not recording(pl_module)
         assert not torch.nn.modules.module._global_forward_hooks
         assert all(not m._forward_hooks and not m._forward_pre_hooks for m in pl_module.modules())
 
     def on_before_backward(self, trainer, pl_module, loss) -> None:
-        if torch.nn.modules.module._global_forward_hooks:
+        if recording(pl_module):
             self.hooked_steps.append(trainer.global_step)
+
+
+def recording(module: torch.nn.Module) -> bool:
+    return any("forward" in m.__dict__ for m in module.modules())
 
 
 def test_plain_module_gets_every_tag_at_the_logging_steps(tmp_path: Path) -> None:
     probe = HookProbe()
     diagnostics = TrainingDiagnostics(log_every_n_steps=10, dense_every_n_steps=5, dense_until_step=10)
-    fit(tmp_path, PlainNet(), 25, probe, diagnostics, val_check_interval=6)
+    module = PlainNet()
+    fit(tmp_path, module, 25, probe, diagnostics, val_check_interval=6)
     logging_steps = [0, 5, 10, 20]
     assert probe.hooked_steps == logging_steps
-    assert not torch.nn.modules.module._global_forward_hooks
+    assert not recording(module)
 
     acc = events(tmp_path)
     scalars, histograms = set(acc.Tags()["scalars"]), set(acc.Tags()["histograms"])
@@ -288,6 +295,23 @@ def test_benchmark_prints_the_overhead_ratios_as_json() -> None:
     for key in ("overhead", "overhead_wall", "naive"):
         assert set(result[key]) == {"1", "10", "50"} and all(v > 0 for v in result[key].values())
     assert "every  1 steps: ours" in proc.stdout
+
+
+class FailingNet(PlainNet):
+    """Raises in the training step of step 5, a logging step, after its forward pass."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.trainer.global_step == 5:
+            raise RuntimeError("a bug in the training step")
+        return loss
+
+
+def test_an_exception_in_a_logging_step_leaves_the_modules_as_they_were(tmp_path: Path) -> None:
+    module = FailingNet()
+    with pytest.raises(RuntimeError, match="a bug in the training step"):
+        fit(tmp_path, module, 12, TrainingDiagnostics(log_every_n_steps=5))
+    assert not recording(module)
 
 
 def test_compiled_model_keeps_training_and_its_names(tmp_path: Path) -> None:

@@ -370,11 +370,72 @@ def test_module_selection_by_type_and_pattern() -> None:
     assert display_names(["a.x", "b.y"]) == ["a.x", "b.y"]
 
 
-def test_recorder_keeps_first_outputs_and_leaves_no_hook() -> None:
-    net, recorder, outputs = recorded_mlp()
-    assert len(outputs) == len(recorder.watched) and not recorder.attached
+def hooked_outputs(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[nn.Module, tuple]]:
+    """The net's output, and each module's (first input, output) as forward hooks see them."""
+    seen: dict[nn.Module, tuple] = {}
+
+    def hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        seen.setdefault(module, (args[0], output))
+
+    handles = [m.register_forward_hook(hook) for m in net.modules()]
+    with torch.no_grad():
+        out = net(x)
+    for handle in handles:
+        handle.remove()
+    return out, seen
+
+
+def test_recorder_sees_what_forward_hooks_see_and_leaves_the_modules_as_they_were() -> None:
+    net = MLP([8], 3, depth=2, width=16, activation="sigmoid", norm="batch").eval()
+    x = torch.randn(32, 8)
+    expected, seen = hooked_outputs(net, x)
+    recorder = ActivationRecorder(select_modules(net, DEFAULT_TYPES))
+    recorder.attach()
+    assert all(w.module.__dict__["forward"] is not None for w in recorder.watched)
+    with torch.no_grad():
+        out = net(x)
+    recorder.detach()
+    torch.testing.assert_close(out, expected)
+    assert sorted(recorder.outputs) == list(range(len(recorder.watched)))
+    for i, w in enumerate(recorder.watched):
+        torch.testing.assert_close(recorder.outputs[i], seen[w.module][1])
+        if w.batchnorm:
+            torch.testing.assert_close(recorder.bn_inputs[i], seen[w.module][0])
+    assert not any("forward" in m.__dict__ for m in net.modules())
     assert not torch.nn.modules.module._global_forward_hooks
     assert all(not m._forward_hooks for m in net.modules())
+    kept = dict(recorder.outputs)
+    net(x)  # detached: nothing more is recorded
+    assert recorder.outputs.keys() == kept.keys() and all(recorder.outputs[i] is kept[i] for i in kept)
+
+
+def test_two_recorders_on_one_model_detach_in_any_order_and_keep_a_forward_set_before() -> None:
+    net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    calls = []
+
+    def traced(x: torch.Tensor) -> torch.Tensor:  # a forward another tool set on the instance
+        calls.append(x.shape)
+        return nn.Linear.forward(net[0], x)
+
+    net[0].forward = traced
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        expected = net(x)
+    first = ActivationRecorder(select_modules(net, ["Linear", "ReLU"]))
+    second = ActivationRecorder(select_modules(net, ["Linear"]))
+    for order in ((first, second), (second, first)):
+        first.attach()
+        second.attach()
+        with torch.no_grad():
+            torch.testing.assert_close(net(x), expected)
+        for recorder in order:
+            recorder.detach()
+        assert net[0].__dict__["forward"] is traced
+        assert "forward" not in net[1].__dict__ and "forward" not in net[2].__dict__
+        torch.testing.assert_close(first.outputs[0], second.outputs[0])
+        torch.testing.assert_close(first.outputs[2], second.outputs[1])
+        assert len(first.outputs) == 3 and len(second.outputs) == 2
+    assert len(calls) == 3  # once per forward pass, under both recorders
 
 
 def test_bn_state_places_running_statistics_and_affine_parameters_of_mixed_batch_norms() -> None:

@@ -59,8 +59,8 @@ class _Step:
 class TrainingDiagnostics(L.Callback):
     """Activation distributions, weight and gradient health and non-finite detection, in TensorBoard.
 
-    Works with any LightningModule. On each logging step (counted in optimizer steps) a forward
-    hook records the watched modules' outputs for that step only; every statistic is computed on
+    Works with any LightningModule. On each logging step (counted in optimizer steps) the watched
+    modules' forward is wrapped to record their outputs for that step only; every statistic is computed on
     the tensors' device with fixed histogram bins, the numbers of up to 32 logging steps reach the
     host in one copy, and each step's scalars and histograms are written as one TensorBoard event
     (rank zero). The loss is checked every step and the gradients on logging steps: the first
@@ -296,14 +296,15 @@ class TrainingDiagnostics(L.Callback):
     # ------------------------------------------------------------------------- statistics
     @torch.no_grad()
     def _capture_activations(self, trainer: L.Trainer) -> None:
-        """Detach the hook and hand the step's outputs to their layout, which bins those of a few
+        """Stop recording and hand the step's outputs to their layout, which bins those of a few
         steps together (all ranks at once when they sum their histograms)."""
         recorder, record = self._recorder, self._pending
         recorder.detach()
         if not recorder.outputs:
             rank_zero_warn(
-                "TrainingDiagnostics: none of the watched modules ran while the hook was attached (a "
-                "torch.compile'd model runs without it); activation statistics are off for this run"
+                "TrainingDiagnostics: none of the watched modules ran while their outputs were recorded (a "
+                "model traced or scripted before training runs without the recording); activation "
+                "statistics are off for this run"
             )
             self._recorder = ActivationRecorder([])
             return
@@ -482,6 +483,9 @@ class TrainingDiagnostics(L.Callback):
             print(
                 f"diverged at step {self.summary.divergence_step} in layer {self.summary.divergence_layer}", flush=True
             )
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._recorder.detach()  # an exception in a logging step's forward pass: give the modules back
 
     def state_dict(self) -> dict[str, Any]:
         return {"summary": self.summary.as_dict()}

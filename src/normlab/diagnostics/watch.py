@@ -1,6 +1,6 @@
 """Which modules and parameters the diagnostics watch, their names, and the hooks that record outputs.
 
-The hook exists only while a logging step's forward pass runs: ``ActivationRecorder.attach``
+The recording exists only while a logging step's forward pass runs: ``ActivationRecorder.attach``
 before it, ``detach`` right after, so every other step runs the model untouched.
 """
 
@@ -15,8 +15,6 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.module import register_module_forward_hook
-from torch.utils.hooks import RemovableHandle
 
 NAN = float("nan")  # one object, so that tuples holding it compare equal (a cache key)
 # Output bounds of the saturating activations: their histograms span exactly this range.
@@ -129,10 +127,13 @@ def parameter_layers(root: nn.Module) -> list[Layer]:
 
 
 class ActivationRecorder:
-    """A forward hook that keeps a reference to each watched module's first output of a step.
+    """Keeps a reference to each watched module's first output of a step.
 
-    It is one global hook (``register_module_forward_hook``) that recognises the watched modules
-    by identity: attaching and removing it costs one registration instead of one per module.
+    While attached, each watched module's ``forward`` is a ``RecordingForward`` set on the module
+    instance. A forward hook would see the same (the positional inputs, and the output before any
+    hook changes it), but a module with a hook, or every module under a global one, takes
+    ``Module.__call__``'s slow path, which on the MLP costs more than the recording itself.
+
     For the batch norms it also keeps their input, and hands over their state after the forward
     pass (``bn_state``): running statistics, weights and biases (gamma and beta), and the momentum
     with which this batch moved the running statistics, from which the host recovers them as they
@@ -155,11 +156,9 @@ class ActivationRecorder:
         # momentum that becomes unknown later costs that step its drift, then they are copied)
         self._copy_before = any(_momentum_unknown(m) for m in self._norms)
         self._momenta: dict[tuple, Tensor] = {}  # per-channel momenta, by device and each batch norm's momentum
-        self._handle: RemovableHandle | None = None
-
-    @property
-    def attached(self) -> bool:
-        return self._handle is not None
+        # made once, so that a compiled model that guards on them keeps its compiled code
+        self._forwards = [RecordingForward(self, i, w.module) for i, w in enumerate(self.watched)]
+        self.attached = False
 
     @property
     def batchnorms(self) -> list[int]:
@@ -186,7 +185,9 @@ class ActivationRecorder:
         self.snapshot = None
         if self._copy_before:  # before the forward pass updates them
             self.snapshot = torch.cat([m.running_mean for m in norms] + [m.running_var for m in norms])
-        self._handle = register_module_forward_hook(self._hook)
+        for forward in self._forwards:
+            forward.install()
+        self.attached = True
 
     def bn_state(self) -> list[Tensor]:
         """After the forward pass, the watched batch norms' running means, running variances,
@@ -227,18 +228,18 @@ class ActivationRecorder:
         return tensor
 
     def detach(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
+        """Stop recording and give each watched module back the forward it had."""
+        self.attached = False
+        for forward in self._forwards:
+            forward.remove()
 
     def release(self) -> None:
         """Drop the references to the step's tensors; ``fired`` keeps the order in which the modules ran."""
         self.fired = list(self.outputs)
         self.outputs, self.bn_inputs, self.snapshot = {}, {}, None
 
-    def _hook(self, module: nn.Module, args: tuple, output: Any) -> None:
-        i = self._index.get(id(module))
-        if i is None or not isinstance(output, Tensor):
+    def _record(self, i: int, args: tuple, output: Any) -> None:
+        if not isinstance(output, Tensor):
             return
         if i in self.outputs:
             if self._batchnorm[i]:
@@ -247,6 +248,56 @@ class ActivationRecorder:
         self.outputs[i] = output  # read under no_grad only: no detach needed
         if self._batchnorm[i] and args and isinstance(args[0], Tensor):
             self.bn_inputs[i] = args[0]
+
+
+class RecordingForward:
+    """A watched module's ``forward`` while a recorder is attached: the forward the module had
+    (its class's, or one set on the instance before), then the recorder's ``_record``.
+
+    ``install`` puts it in the module's instance ``__dict__``; ``remove`` takes it out again, also
+    from under another recorder's that was installed after it (two callbacks watching one model).
+    Under a forward that someone else set on the module meanwhile it stays, passing the calls
+    through while its recorder is detached, until it can be removed.
+    """
+
+    __slots__ = ("recorder", "index", "module", "forward", "inner", "installed")
+
+    def __init__(self, recorder: ActivationRecorder, index: int, module: nn.Module) -> None:
+        self.recorder, self.index, self.module = recorder, index, module
+        self.forward = type(module).forward
+        self.inner: Any = None  # the forward set on the instance before this one, if any
+        self.installed = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        inner = self.inner
+        output = self.forward(self.module, *args, **kwargs) if inner is None else inner(*args, **kwargs)
+        if self.recorder.attached:
+            self.recorder._record(self.index, args, output)
+        return output
+
+    def install(self) -> None:
+        if not self.installed:
+            self.inner = self.module.__dict__.get("forward")
+            self.module.__dict__["forward"] = self
+            self.installed = True
+
+    def remove(self) -> None:
+        if not self.installed:
+            return
+        attributes = self.module.__dict__
+        top = attributes.get("forward")
+        if top is self:
+            if self.inner is None:
+                del attributes["forward"]
+            else:
+                attributes["forward"] = self.inner
+            self.installed = False
+            return
+        while isinstance(top, RecordingForward):  # another recorder's, installed after this one
+            if top.inner is self:
+                top.inner, self.installed = self.inner, False
+                return
+            top = top.inner
 
 
 def _momentum_unknown(norm: _BatchNorm) -> bool:
