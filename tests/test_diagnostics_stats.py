@@ -189,6 +189,21 @@ def bn_inputs_of(recorder: ActivationRecorder) -> list[torch.Tensor]:
     return [recorder.bn_inputs[i] for i in sorted(recorder.bn_inputs)]
 
 
+def test_layout_fits_only_outputs_of_its_shapes_that_feed_its_batch_norms_as_before() -> None:
+    net, recorder, outputs = recorded_mlp()
+    layout = layout_of(recorder, outputs)
+    bn_inputs = bn_inputs_of(recorder)
+    assert all(s is not None for s in layout.bn_sources)
+    assert layout.fits(outputs, bn_inputs)
+    assert layout.fits([o.clone() if i not in layout.bn_sources else o for i, o in enumerate(outputs)], bn_inputs)
+    assert not layout.fits([o[:16] for o in outputs], [x[:16] for x in bn_inputs])  # another batch size
+    assert not layout.fits([o.clone() for o in outputs], bn_inputs)  # the batch norms read other tensors
+    assert not layout.fits(outputs, [x.clone() for x in bn_inputs])
+    assert not layout.fits(outputs[:-1], bn_inputs)
+    elsewhere = [o.to("meta") for o in outputs]
+    assert not layout.fits(elsewhere, [elsewhere[j] for j in layout.bn_sources])
+
+
 BN_STATE = ("running_mean", "running_var", "weight", "bias")
 
 

@@ -139,6 +139,20 @@ class ActivationLayout:
         position = {id(o): j for j, o in enumerate(outputs)}
         return tuple([position.get(id(x)) for x in bn_inputs])
 
+    def fits(self, outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor]) -> bool:
+        """Whether a step's outputs, in the order the layout was built for, have its device and
+        shapes, and its batch norms read watched outputs as before (a cheaper check than a new key).
+        ``False`` where a batch norm's input is not watched: that is checked by ``sources``."""
+        shapes, sources = self.shapes, self.bn_sources
+        return (
+            len(outputs) == len(shapes)
+            and len(bn_inputs) == len(sources)
+            and None not in sources
+            and outputs[0].device == self.device
+            and all(o.shape == shape for o, shape in zip(outputs, shapes, strict=True))
+            and all(x is outputs[j] for x, j in zip(bn_inputs, sources, strict=True))
+        )
+
     def _tags(self, percentiles: Sequence[float]) -> list[str]:
         """Scalar tag names, in the order of ``values``' columns."""
         names = [w.name for w in self.watched]

@@ -164,6 +164,7 @@ class TrainingDiagnostics(L.Callback):
         self._recorder = ActivationRecorder([])
         self._parameters = ParameterLayout([])
         self._layouts: dict[tuple, ActivationLayout] = {}
+        self._last_layout: tuple[tuple[int, ...] | None, ActivationLayout | None] = (None, None)
         self._templates: dict[tuple, SummaryTemplate] = {}
         self._pending: _Step | None = None  # the logging step under way
         self._binning: list[_Step] = []  # steps whose outputs wait in their layout's rows
@@ -183,6 +184,7 @@ class TrainingDiagnostics(L.Callback):
         if stage != "fit":
             return
         self._recorder = ActivationRecorder(select_modules(pl_module, self.types, self.include, self.exclude))
+        self._layouts, self._last_layout = {}, (None, None)  # a layout knows the modules of one model
         self._parameters = ParameterLayout(parameter_layers(pl_module))
         self._scaler = getattr(trainer.precision_plugin, "scaler", None) is not None
         logger = tensorboard_logger(trainer)
@@ -342,6 +344,9 @@ class TrainingDiagnostics(L.Callback):
     ) -> ActivationLayout:
         """The layout of these modules' outputs, built on the first step that has their shapes
         (the batch-norm state of a recorder has the same shapes at every step)."""
+        last_indices, last = self._last_layout
+        if indices == last_indices and last.fits(outputs, bn_inputs):
+            return last
         sources = ActivationLayout.sources(outputs, bn_inputs)
         key = (outputs[0].device, indices, tuple(o.shape for o in outputs), sources)
         layout = self._layouts.get(key)
@@ -353,6 +358,7 @@ class TrainingDiagnostics(L.Callback):
                 watched, outputs, sources, state, segments, self.bins, self.percentiles, self.saturation_threshold
             )
             self._layouts[key] = layout
+        self._last_layout = (indices, layout)
         return layout
 
     def _activations_finite(self, step: int) -> list[tuple[str, bool]]:

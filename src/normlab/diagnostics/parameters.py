@@ -57,9 +57,9 @@ class ParameterLayout:
         torch._foreach_sub_(self._before, self.params)
         norms = stats.tensor_norms(grads + self.params + self._before)
         torch._foreach_copy_(self._before, self.params)
-        count = len(grads) + len(self.params)
-        self._waiting["update_norms"], self._waiting = norms[count:], None
-        return {"present": present, "norms": norms[:count]}
+        norms, self._waiting["update_norms"] = norms.split([len(grads) + len(self.params), len(self._before)])
+        self._waiting = None
+        return {"present": present, "norms": norms}
 
     def grad_norm(self, state: dict[str, Any]) -> float:
         """The global norm of the gradients (a sync): what the divergence check reads."""

@@ -151,6 +151,8 @@ class ActivationRecorder:
         self._batchnorm = [w.batchnorm for w in self.watched]
         self._norms = [w.module for w in self.watched if w.batchnorm]
         self._affine = [m for m in self._norms if m.affine]
+        self._norm_buffers = [m._buffers for m in self._norms]  # the same dicts for a module's life
+        self._affine_params = [m._parameters for m in self._affine]
         self._repeated: set[int] = set()  # batch norms that ran more than once this step
         # whether to copy the running statistics before the forward pass (decided once: a
         # momentum that becomes unknown later costs that step its drift, then they are copied)
@@ -202,11 +204,13 @@ class ActivationRecorder:
         if self.snapshot is not None:
             running = list(self.snapshot.split([m.num_features for m in norms] * 2))
             momenta = tuple([0.0] * len(norms))
-        else:
-            running = [m.running_mean for m in norms] + [m.running_var for m in norms]
+        else:  # read from the modules' own dicts: ``Module.__getattr__`` costs more than the copy
+            buffers = self._norm_buffers
+            running = [b["running_mean"] for b in buffers] + [b["running_var"] for b in buffers]
             momenta = tuple([self._momentum(m) for m in norms])
-        weights = [m.weight for m in self._affine] + [m.bias for m in self._affine]
-        return running + weights + [self._momentum_tensor(momenta)]
+        params = self._affine_params
+        weights = [p["weight"] for p in params] + [p["bias"] for p in params]
+        return running + weights + [self._momentum_tensor(momenta, running[0].device)]
 
     def _momentum(self, norm: _BatchNorm) -> float:
         """How far this step moved the running statistics of ``norm``: NaN where unknown."""
@@ -219,8 +223,7 @@ class ActivationRecorder:
             return NAN
         return float(norm.momentum)
 
-    def _momentum_tensor(self, momenta: tuple[float, ...]) -> Tensor:
-        device = self._norms[0].running_mean.device
+    def _momentum_tensor(self, momenta: tuple[float, ...], device: torch.device) -> Tensor:
         tensor = self._momenta.get((device, momenta))
         if tensor is None:
             per_channel = np.repeat(momenta, [m.num_features for m in self._norms])
