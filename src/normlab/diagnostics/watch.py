@@ -1,4 +1,4 @@
-"""Which modules and parameters the diagnostics watch, their names, and the hooks that record outputs.
+"""Which modules and parameters the diagnostics watch, their names, and the recording of their outputs.
 
 The recording exists only while a logging step's forward pass runs: ``ActivationRecorder.attach``
 before it, ``detach`` right after, so every other step runs the model untouched.
