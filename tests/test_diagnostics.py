@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins import MixedPrecision
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar.layout_pb2 import Layout as CustomScalarsLayout
 from torch import nn
@@ -312,6 +313,33 @@ def test_an_exception_in_a_logging_step_leaves_the_modules_as_they_were(tmp_path
     with pytest.raises(RuntimeError, match="a bug in the training step"):
         fit(tmp_path, module, 12, TrainingDiagnostics(log_every_n_steps=5))
     assert not recording(module)
+
+
+def scaled_fp16() -> dict:
+    """float16 autocast with a GradScaler, which scales the loss and the gradients by 1024 (on the
+    CPU, ``precision="16-mixed"`` falls back to bfloat16 without one)."""
+    return {"plugins": [MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=1024.0))]}
+
+
+@pytest.mark.parametrize("precision", [scaled_fp16, lambda: {"precision": "bf16-true"}], ids=["fp16-scaled", "bf16"])
+def test_reduced_precision_logs_the_loss_and_gradients_as_full_precision_does(tmp_path: Path, precision) -> None:
+    """The GradScaler's loss and gradients are logged unscaled; a bfloat16 model (its batch norms'
+    state too) is measured as it is: either way the first step's numbers match a float32 run's."""
+
+    def first_step(run_dir: Path, **trainer) -> list[float]:
+        torch.manual_seed(0)
+        fit(run_dir, PlainNet(), 1, TrainingDiagnostics(log_every_n_steps=1), **trainer)
+        acc = events(run_dir)
+        tags = [
+            "diag/loss",
+            "grad_norm/global",
+            "grad_norm/classifier",
+            "act/features.1/std",
+            "bn/features.1/gamma_mean",
+        ]
+        return [acc.Scalars(tag)[0].value for tag in tags]
+
+    assert first_step(tmp_path / "reduced", **precision()) == pytest.approx(first_step(tmp_path / "32"), rel=0.03)
 
 
 def test_compiled_model_keeps_training_and_its_names(tmp_path: Path) -> None:

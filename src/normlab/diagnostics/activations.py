@@ -121,10 +121,9 @@ class ActivationLayout:
         self._values = torch.zeros(self.capacity, self.chunks.total, device=self.device)
         self._places = [self.chunks.places(row, self.shapes) for row in self._values]  # per row, per output
         self._padding = self.chunks.padding(self._values)  # zeros, but binning in place overwrites them
-        # each row a step's batch-norm state, laid out by the same copy as its outputs
+        # each row a step's batch-norm state, copied beside its outputs
         sizes = [t.numel() for t in state]
         self._states = torch.zeros(self.capacity, sum(sizes), device=self.device)
-        self._state_places = [list(row.split(sizes)) if sizes else [] for row in self._states]
         # per batch-norm group, how to read its inputs from the rows when they are watched outputs,
         # else None (built once: per call the arithmetic of the strides costs more than the reduction)
         self._bn_reads = [
@@ -175,7 +174,7 @@ class ActivationLayout:
         return self.used == self.capacity
 
     def capture(self, outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor], state: Sequence[Tensor]) -> None:
-        """Copy a step's outputs and batch-norm state into the next rows (one copy), and compute
+        """Copy a step's outputs and batch-norm state into the next rows, and compute
         its small tensors at once: maxima of rectifier units and batch-norm input moments.
 
         Args:
@@ -186,7 +185,9 @@ class ActivationLayout:
         if self.full:
             raise RuntimeError("the layout's rows are full: take their statistics first")
         row = self.used
-        torch._foreach_copy_(self._places[row] + self._state_places[row], [*outputs, *state])
+        torch._foreach_copy_(self._places[row], outputs)
+        if state:  # many small tensors: one cat costs less than a copy each
+            torch.cat(state, out=self._states[row])
         small = {}
         if self.rectifiers:
             small["maxima"] = torch.cat([stats.unit_maxima(outputs[s][None]) for s in self.rectifiers], dim=1).float()
