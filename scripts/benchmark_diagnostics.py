@@ -6,19 +6,23 @@ bar, no checkpoints). Arms: no diagnostics; ours every 1, 10 and 50 steps (50 is
 with every 10 steps before step 50); and a naive reference that writes ``add_histogram`` of CPU
 copies of every module output, weight and gradient at the same cadences.
 
-A run's step time is the process's CPU time (all threads, TensorBoard's writer included) over its
-steps after the first ``--warmup``: the two cores are shared, and CPU time does not count the time
-another process held them; wall-clock ratios are printed beside it. Each cadence of ours runs
-``--repeats`` times, each time right before or right after a run without diagnostics (which goes
-first alternates), and its ratio is the median over the repeats of (ours / the run beside it): the
-load of other processes changes over seconds, so each ratio compares runs seconds apart.
+Ours is timed in blocks of ``--block-steps`` steps within one training run per cadence: the
+callback is taken out of the Trainer's callbacks for every other block, so that blocks with and
+without it alternate every fraction of a second. The machine's cores are shared, and the load of
+other processes changes within seconds: a block's time is compared with the mean of the two
+blocks without the callback on either side of it, and the ratio is the median over ``--blocks``
+such blocks. The first block (the dense cadence's steps, the first layout) is not timed. A
+block's time is the process's CPU time (all threads, TensorBoard's writer included), and CPU time
+does not count the time another process held the core; wall-clock ratios are printed beside it.
+The naive reference runs separately, ``--naive-steps`` steps per cadence after a run without it.
 
-    python scripts/benchmark_diagnostics.py [--steps 1500] [--repeats 7] [--threads 1] [--json]
+    python scripts/benchmark_diagnostics.py [--blocks 40] [--block-steps 200] [--threads 1] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import time
@@ -58,6 +62,39 @@ class StepClock(L.Callback):
     @property
     def seconds_per_step(self) -> tuple[float, float]:
         return tuple((e - s) / self.steps for s, e in zip(self.start, self.end, strict=True))
+
+
+class Alternate(L.Callback):
+    """Times blocks of ``steps`` steps and takes ``callback`` out of the Trainer's callbacks for the
+    odd-numbered blocks (block 0 has it). Goes after ``callback``, so that the callback has
+    finished a step before it is taken out."""
+
+    def __init__(self, callback: L.Callback, steps: int) -> None:
+        self.callback, self.steps = callback, steps
+        self.marks: list[tuple[float, float]] = []  # CPU and wall time at the end of each block
+        self.place = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.steps:
+            return
+        self.marks.append((time.process_time(), time.perf_counter()))
+        # a new list: Lightning is iterating over the one it has to call this hook
+        callbacks = list(trainer.callbacks)
+        if self.callback in callbacks:  # the next block is odd: without it
+            self.place = callbacks.index(self.callback)
+            callbacks.remove(self.callback)
+        else:
+            callbacks.insert(self.place, self.callback)
+        trainer.callbacks = callbacks
+
+    def ratios(self, clock: int) -> tuple[list[float], list[float], list[float]]:
+        """Per timed block with the callback: seconds per step with it, the mean of the blocks
+        without it on either side, and their ratio."""
+        times = [(b[clock] - a[clock]) / self.steps for a, b in itertools.pairwise(self.marks)]  # blocks 1, 2, ...
+        without, with_it = times[0::2], times[1::2]
+        beside = [(before + after) / 2 for before, after in itertools.pairwise(without)]
+        with_it = with_it[: len(beside)]
+        return with_it, beside, [w / b for w, b in zip(with_it, beside, strict=True)]
 
 
 class NaiveHistograms(L.Callback):
@@ -101,15 +138,28 @@ def step_seconds(datamodule: RandomDataModule, steps: int, warmup: int, extra: l
     return clock.seconds_per_step
 
 
+def alternating(datamodule: RandomDataModule, every: int, blocks: int, steps: int) -> Alternate:
+    """One run with ``TrainingDiagnostics(log_every_n_steps=every)`` in the even blocks: the
+    untimed first block, then ``blocks`` timed blocks with it, each between two without it."""
+    torch.manual_seed(0)
+    module = Classifier(net=NET, num_classes=10, optimizer=OPTIMIZER)
+    diagnostics = TrainingDiagnostics(log_every_n_steps=every)
+    alternate = Alternate(diagnostics, steps)
+    fit_bare(module, datamodule, steps * (2 * blocks + 2), callbacks=[diagnostics, alternate])
+    return alternate
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps per run")
+    parser.add_argument("--blocks", type=int, default=40, help="timed blocks with the diagnostics, per cadence")
+    parser.add_argument("--block-steps", type=int, default=200, help="steps per block (a multiple of 50)")
     parser.add_argument("--naive-steps", type=int, default=150, help="steps per run of the (slow) naive reference")
-    parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the timing")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--warmup", type=int, default=5, help="first steps of a naive run left out of the timing")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the cores are shared)")
     parser.add_argument("--json", action="store_true", help="print a JSON object as the last line")
     args = parser.parse_args()
+    if args.blocks < 1 or args.block_steps < 1 or args.block_steps % max(CADENCES):
+        parser.error(f"--blocks must be >= 1 and --block-steps a positive multiple of {max(CADENCES)}")
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
     datamodule = RandomDataModule(batch_size=BATCH)
@@ -125,40 +175,40 @@ def main() -> None:
     }
     use_fast_checksums()
 
-    ours: dict[int, list[tuple[float, float]]] = {n: [] for n in CADENCES}
-    beside: dict[int, list[tuple[float, float]]] = {n: [] for n in CADENCES}  # the run without diagnostics
-    for r in range(args.repeats):
-        for n in CADENCES[r % len(CADENCES) :] + CADENCES[: r % len(CADENCES)]:  # rotate who goes first
-            for arm in ("ours", "none") if r % 2 else ("none", "ours"):
-                callbacks = [TrainingDiagnostics(log_every_n_steps=n)] if arm == "ours" else []
-                (ours if arm == "ours" else beside)[n].append(
-                    step_seconds(datamodule, args.steps, args.warmup, callbacks)
-                )
+    runs = {n: alternating(datamodule, n, args.blocks, args.block_steps) for n in CADENCES}
 
     def ratio(n: int, clock: int) -> float:
-        return round(statistics.median(t[clock] / b[clock] for t, b in zip(ours[n], beside[n], strict=True)), 3)
+        return round(statistics.median(runs[n].ratios(clock)[2]), 3)
 
-    def median_ms(runs: list[tuple[float, float]]) -> float:
-        return round(statistics.median(c for c, _ in runs) * 1000, 3)
+    def quartiles(n: int) -> list[float]:
+        return [round(q, 3) for q in statistics.quantiles(runs[n].ratios(0)[2], n=4)[::2]] if args.blocks > 1 else []
+
+    def median_ms(blocks: list[float]) -> float:
+        return round(statistics.median(blocks) * 1000, 3)
 
     result = {
         "overhead": {str(n): ratio(n, 0) for n in CADENCES},
         "overhead_wall": {str(n): ratio(n, 1) for n in CADENCES},
+        "overhead_quartiles": {str(n): quartiles(n) for n in CADENCES},
         "naive": {str(n): round(v, 2) for n, v in naive.items()},
-        "step_ms": {"none": median_ms(sum(beside.values(), [])), **{str(n): median_ms(ours[n]) for n in CADENCES}},
-        "steps": args.steps,
-        "repeats": args.repeats,
+        "step_ms": {
+            "none": median_ms([t for n in CADENCES for t in runs[n].ratios(0)[1]]),
+            **{str(n): median_ms(runs[n].ratios(0)[0]) for n in CADENCES},
+        },
+        "blocks": args.blocks,
+        "block_steps": args.block_steps,
         "threads": args.threads,
     }
     print(
-        f"CPU time per step without diagnostics: {result['step_ms']['none']} ms (median of "
-        f"{args.repeats * len(CADENCES)} runs of {args.steps} steps, each beside a run of ours; {args.threads} thread)"
+        f"CPU time per step without diagnostics: {result['step_ms']['none']} ms (median over the blocks of "
+        f"{args.block_steps} steps without it; {args.blocks} blocks with it per cadence; {args.threads} thread)"
     )
     for n in CADENCES:
         key = str(n)
+        spread = "-".join(f"{q:.3f}" for q in result["overhead_quartiles"][key])
         print(
-            f"every {n:>2} steps: ours {result['overhead'][key]:.3f}x (wall {result['overhead_wall'][key]:.3f}x)"
-            f"   naive add_histogram {result['naive'][key]:.2f}x"
+            f"every {n:>2} steps: ours {result['overhead'][key]:.3f}x (half the blocks in {spread}; wall "
+            f"{result['overhead_wall'][key]:.3f}x)   naive add_histogram {result['naive'][key]:.2f}x"
         )
     if args.json:
         print(json.dumps(result))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
 import subprocess
 import sys
@@ -289,7 +290,7 @@ def test_training_runs_have_the_diagnostics_and_their_ranges_are_checked(compose
 
 def test_benchmark_prints_the_overhead_ratios_as_json() -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_diagnostics.py"
-    args = ["--steps", "30", "--repeats", "1", "--naive-steps", "12", "--warmup", "2", "--json"]
+    args = ["--blocks", "2", "--block-steps", "50", "--naive-steps", "12", "--warmup", "2", "--json"]
     proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -298,21 +299,37 @@ def test_benchmark_prints_the_overhead_ratios_as_json() -> None:
     assert "every  1 steps: ours" in proc.stdout
 
 
-class FailingNet(PlainNet):
-    """Raises in the training step of step 5, a logging step, after its forward pass."""
+ALTERNATE = """
+import lightning as L
+from benchmark_common import fit_bare
+from benchmark_diagnostics import BATCH, NET, OPTIMIZER, Alternate
+from normlab.data import RandomDataModule
+from normlab.module import Classifier
 
-    def training_step(self, batch, batch_idx):
-        loss = super().training_step(batch, batch_idx)
-        if self.trainer.global_step == 5:
-            raise RuntimeError("a bug in the training step")
-        return loss
+class Steps(L.Callback):
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.seen.append(trainer.global_step)
+
+steps = Steps()
+alternate = Alternate(steps, 5)
+datamodule = RandomDataModule(batch_size=BATCH)
+datamodule.setup()
+fit_bare(Classifier(net=NET, num_classes=10, optimizer=OPTIMIZER), datamodule, 30, [steps, alternate])
+print(steps.seen, len(alternate.marks), [len(x) for x in alternate.ratios(0)])
+"""
 
 
-def test_an_exception_in_a_logging_step_leaves_the_modules_as_they_were(tmp_path: Path) -> None:
-    module = FailingNet()
-    with pytest.raises(RuntimeError, match="a bug in the training step"):
-        fit(tmp_path, module, 12, TrainingDiagnostics(log_every_n_steps=5))
-    assert not recording(module)
+def test_benchmark_takes_the_callback_out_for_every_other_block() -> None:
+    """The benchmark's ``Alternate``, run from the scripts folder as the benchmark itself is."""
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    env = {**os.environ, "PYTHONPATH": str(scripts)}
+    proc = subprocess.run([sys.executable, "-c", ALTERNATE], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # blocks 0, 2 and 4 have it; 6 block ends, so 2 timed blocks with it between blocks without
+    assert proc.stdout.strip().splitlines()[-1] == f"{[*range(5), *range(10, 15), *range(20, 25)]} 6 [2, 2, 2]"
 
 
 def scaled_fp16() -> dict:
