@@ -332,6 +332,39 @@ def test_benchmark_takes_the_callback_out_for_every_other_block() -> None:
     assert proc.stdout.strip().splitlines()[-1] == f"{[*range(5), *range(10, 15), *range(20, 25)]} 6 [2, 2, 2]"
 
 
+class FailingNet(PlainNet):
+    """Raises in the training step of step 5, a logging step, after its forward pass."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        if self.trainer.global_step == 5:
+            raise RuntimeError("a bug in the training step")
+        return loss
+
+
+def test_an_exception_in_a_logging_step_leaves_the_modules_as_they_were(tmp_path: Path) -> None:
+    module = FailingNet()
+    with pytest.raises(RuntimeError, match="a bug in the training step"):
+        fit(tmp_path, module, 12, TrainingDiagnostics(log_every_n_steps=5))
+    assert not recording(module)
+
+
+class SigmoidNet(PlainNet):
+    """PlainNet's shapes, with a sigmoid where it has a ReLU."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features[2] = nn.Sigmoid()
+
+
+def test_a_callback_fit_again_on_another_model_lays_out_that_model(tmp_path: Path) -> None:
+    diagnostics = TrainingDiagnostics(log_every_n_steps=2)
+    fit(tmp_path / "relu", PlainNet(), 4, diagnostics)
+    fit(tmp_path / "sigmoid", SigmoidNet(), 4, diagnostics)
+    tags = set(events(tmp_path / "sigmoid").Tags()["scalars"])
+    assert "act/features.2/saturated" in tags and "act/features.2/dead" not in tags
+
+
 def scaled_fp16() -> dict:
     """float16 autocast with a GradScaler, which scales the loss and the gradients by 1024 (on the
     CPU, ``precision="16-mixed"`` falls back to bfloat16 without one)."""

@@ -60,10 +60,10 @@ class TrainingDiagnostics(L.Callback):
     """Activation distributions, weight and gradient health and non-finite detection, in TensorBoard.
 
     Works with any LightningModule. On each logging step (counted in optimizer steps) the watched
-    modules' forward is wrapped to record their outputs for that step only; every statistic is computed on
-    the tensors' device with fixed histogram bins, the numbers of up to 32 logging steps reach the
-    host in one copy, and each step's scalars and histograms are written as one TensorBoard event
-    (rank zero). The loss is checked every step and the gradients on logging steps: the first
+    modules' forward is wrapped to record their outputs for that step only; every statistic is
+    computed on the tensors' device with fixed histogram bins, the numbers of up to 32 logging steps
+    reach the host in one copy, and each step's scalars and histograms are written as one
+    TensorBoard event (rank zero). The loss is checked every step and the gradients on logging steps: the first
     non-finite one is traced to a step and a layer (``divergence.py``) and, by default, stops the
     run cleanly. At the end of training a summary goes to ``summary.json`` and to the HParams tab.
 
