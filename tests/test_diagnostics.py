@@ -332,6 +332,17 @@ def test_benchmark_takes_the_callback_out_for_every_other_block() -> None:
     assert proc.stdout.strip().splitlines()[-1] == f"{[*range(5), *range(10, 15), *range(20, 25)]} 6 [2, 2, 2]"
 
 
+def test_a_data_parallel_submodule_is_left_unwatched_with_a_warning(tmp_path: Path) -> None:
+    module = PlainNet()
+    module.classifier = nn.DataParallel(module.classifier)  # on a CPU it runs the module itself
+    with pytest.warns(UserWarning, match="under nn.DataParallel are not watched"):
+        fit(tmp_path, module, 4, TrainingDiagnostics(log_every_n_steps=2))
+    scalars = set(events(tmp_path).Tags()["scalars"])
+    watched = {t.split("/")[1] for t in scalars if t.startswith("act/")}
+    assert watched == {"0", "1", "2"}  # features.0-2, named without the first component they share
+    assert "grad_norm/classifier.module" in scalars
+
+
 class FailingNet(PlainNet):
     """Raises in the training step of step 5, a logging step, after its forward pass."""
 

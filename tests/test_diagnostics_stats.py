@@ -189,6 +189,11 @@ def bn_inputs_of(recorder: ActivationRecorder) -> list[torch.Tensor]:
     return [recorder.bn_inputs[i] for i in sorted(recorder.bn_inputs)]
 
 
+def test_modules_under_data_parallel_are_not_watched() -> None:
+    net = nn.Sequential(nn.Linear(4, 3), nn.DataParallel(nn.Sequential(nn.Linear(3, 3), nn.ReLU())), nn.Linear(3, 2))
+    assert [w.name for w in select_modules(net, DEFAULT_TYPES)] == ["0", "2"]
+
+
 def test_layout_fits_only_outputs_of_its_shapes_that_feed_its_batch_norms_as_before() -> None:
     net, recorder, outputs = recorded_mlp()
     layout = layout_of(recorder, outputs)

@@ -195,6 +195,11 @@ class TrainingDiagnostics(L.Callback):
         self._summary_file = Path(self.summary_path or Path(log_dir or trainer.default_root_dir) / "summary.json")
         if logger is None:
             rank_zero_warn("TrainingDiagnostics: no TensorBoardLogger, so only divergence and summary.json are kept")
+        if any(isinstance(m, torch.nn.DataParallel) for m in pl_module.modules()):
+            rank_zero_warn(
+                "TrainingDiagnostics: the modules under nn.DataParallel are not watched (it copies them into "
+                "replicas at every forward pass); the other modules, weights and gradients are"
+            )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._writing and trainer.is_global_zero:

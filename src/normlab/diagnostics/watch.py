@@ -91,10 +91,14 @@ def select_modules(
     """The submodules of ``root`` whose class (or a base class) is named in ``types`` and whose
     display name matches a pattern of ``include`` and none of ``exclude`` (``fnmatch`` globs).
 
-    Returned in registration order, which is the forward order for sequential networks.
+    Returned in registration order, which is the forward order for sequential networks. Modules
+    under an ``nn.DataParallel`` are left out: it copies them, their instance attributes included,
+    into replicas at every forward pass, so a replica would run the recording wrapper of the
+    module it was copied from (``ActivationRecorder``).
     """
     types = frozenset(types)
-    found = [(n, m, k) for n, m in root.named_modules() if n and (k := _kind(m, types))]
+    replicated = {id(m) for p in root.modules() if isinstance(p, nn.DataParallel) for m in p.module.modules()}
+    found = [(n, m, k) for n, m in root.named_modules() if n and id(m) not in replicated and (k := _kind(m, types))]
     names = display_names([n for n, _, _ in found])
     return [
         Watched(name, module, kind)
