@@ -189,6 +189,23 @@ def bn_inputs_of(recorder: ActivationRecorder) -> list[torch.Tensor]:
     return [recorder.bn_inputs[i] for i in sorted(recorder.bn_inputs)]
 
 
+def test_recorder_runs_the_forward_of_the_class_a_module_has_when_attached() -> None:
+    class Doubled(nn.Linear):  # as a wrapper that swaps a module's class after setup would
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 2 * super().forward(x)
+
+    linear = nn.Linear(3, 2)
+    recorder = ActivationRecorder(select_modules(nn.Sequential(linear), ["Linear"]))
+    linear.__class__ = Doubled
+    x = torch.randn(4, 3)
+    recorder.attach()
+    with torch.no_grad():
+        out = linear(x)
+    recorder.detach()
+    torch.testing.assert_close(out, 2 * nn.functional.linear(x, linear.weight, linear.bias))
+    assert recorder.outputs[0] is out
+
+
 def test_modules_under_data_parallel_are_not_watched() -> None:
     net = nn.Sequential(nn.Linear(4, 3), nn.DataParallel(nn.Sequential(nn.Linear(3, 3), nn.ReLU())), nn.Linear(3, 2))
     assert [w.name for w in select_modules(net, DEFAULT_TYPES)] == ["0", "2"]

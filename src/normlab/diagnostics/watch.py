@@ -271,7 +271,7 @@ class RecordingForward:
 
     def __init__(self, recorder: ActivationRecorder, index: int, module: nn.Module) -> None:
         self.recorder, self.index, self.module = recorder, index, module
-        self.forward = type(module).forward
+        self.forward = type(module).forward  # taken again at install: a module's class can change (FSDP)
         self.inner: Any = None  # the forward set on the instance before this one, if any
         self.installed = False
 
@@ -284,6 +284,7 @@ class RecordingForward:
 
     def install(self) -> None:
         if not self.installed:
+            self.forward = type(self.module).forward
             self.inner = self.module.__dict__.get("forward")
             self.module.__dict__["forward"] = self
             self.installed = True
