@@ -187,10 +187,9 @@ class ActivationRecorder:
     @torch.no_grad()
     def attach(self) -> None:
         self.outputs, self.bn_inputs, self.fired, self._repeated = {}, {}, [], set()
-        norms = self._norms
         self.snapshot = None
         if self._copy_before:  # before the forward pass updates them
-            self.snapshot = torch.cat([m.running_mean for m in norms] + [m.running_var for m in norms])
+            self.snapshot = torch.cat(self._running_statistics())
         for forward in self._forwards:
             forward.install()
         self.attached = True
@@ -208,13 +207,18 @@ class ActivationRecorder:
         if self.snapshot is not None:
             running = list(self.snapshot.split([m.num_features for m in norms] * 2))
             momenta = tuple([0.0] * len(norms))
-        else:  # read from the modules' own dicts: ``Module.__getattr__`` costs more than the copy
-            buffers = self._norm_buffers
-            running = [b["running_mean"] for b in buffers] + [b["running_var"] for b in buffers]
+        else:
+            running = self._running_statistics()
             momenta = tuple([self._momentum(m) for m in norms])
         params = self._affine_params
         weights = [p["weight"] for p in params] + [p["bias"] for p in params]
         return running + weights + [self._momentum_tensor(momenta, running[0].device)]
+
+    def _running_statistics(self) -> list[Tensor]:
+        """The watched batch norms' running means, then their running variances, read from the
+        modules' own dicts: ``Module.__getattr__`` costs more than the copy."""
+        buffers = self._norm_buffers
+        return [b["running_mean"] for b in buffers] + [b["running_var"] for b in buffers]
 
     def _momentum(self, norm: _BatchNorm) -> float:
         """How far this step moved the running statistics of ``norm``: NaN where unknown."""
