@@ -16,9 +16,9 @@ from omegaconf import DictConfig
 from normlab.cli import as_plain, build_logger, guarded, in_multirun, log_hparams, print_summary
 from normlab.config import register_schemas, validate
 from normlab.console import quiet_known_noise, show_config
+from normlab.diagnostics.summary import merge_json
 from normlab.errors import ConfigError
 from normlab.module import Classifier
-from normlab.diagnostics.summary import merge_json
 from normlab.runs import config_dir, find_checkpoint, register_resolvers
 from normlab.sweep_resume import latest_checkpoint, run_status
 
