@@ -43,21 +43,21 @@ def open_storage(url: str) -> BaseStorage:
 def search_space(overrides: Sequence[Override]) -> tuple[list[str], dict[str, BaseDistribution]]:
     """Split parsed overrides into the fixed ones (passed to every trial) and the searched ones.
 
-    ``interval(a, b)`` is a float range (an int range when both ends are ints or it is tagged
-    ``int``), ``tag(log, interval(a, b))`` samples it on a log scale; ``choice(a, b)``, ``a,b``
+    ``interval(a, b)`` is a float range, ``tag(int, interval(a, b))`` an int range, and
+    ``tag(log, ...)`` samples either on a log scale; ``choice(a, b)``, ``a,b``
     and ``range(...)`` are categorical.
     """
-    fixed: list[str] = []
-    space: dict[str, BaseDistribution] = {}
+    chosen: dict[str, str | BaseDistribution] = {}  # a key given twice keeps its last value
     for override in overrides:
         key = override.get_key_element()
         if not override.is_sweep_override():
-            fixed.append(f"{key}={override.get_value_element_as_str()}")
+            chosen[key] = f"{key}={override.get_value_element_as_str()}"
         elif override.is_interval_sweep():
-            space[key] = _interval(key, override.value())
+            chosen[key] = _interval(key, override.value())
         else:
-            space[key] = CategoricalDistribution(list(override.sweep_string_iterator()))
-    return fixed, space
+            chosen[key] = CategoricalDistribution(list(override.sweep_string_iterator()))
+    fixed = [v for v in chosen.values() if isinstance(v, str)]
+    return fixed, {k: v for k, v in chosen.items() if not isinstance(v, str)}
 
 
 def _interval(key: str, sweep: Any) -> BaseDistribution:
@@ -65,7 +65,7 @@ def _interval(key: str, sweep: Any) -> BaseDistribution:
     low, high = sweep.start, sweep.end
     if log and low <= 0:
         raise ConfigError(f"hydra.sweeper.params.{key}: a log interval must start above 0, not {low}")
-    if "int" in sweep.tags or (isinstance(low, int) and isinstance(high, int)):
+    if "int" in sweep.tags:
         return IntDistribution(int(low), int(high), log=log)
     return FloatDistribution(float(low), float(high), log=log)
 

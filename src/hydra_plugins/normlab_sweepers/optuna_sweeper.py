@@ -112,7 +112,7 @@ class OptunaSweeper(Sweeper):
         returns: list[Any] = []
         launched = failures = 0
         while remaining > 0:
-            trials = [study.ask(space) for _ in range(min(self.n_jobs, remaining))]
+            trials = [self._ask(study, space, url) for _ in range(min(self.n_jobs, remaining))]
             batch = [[*fixed, *(f"{k}={v}" for k, v in t.params.items())] for t in trials]
             job_returns = self._launch([t.number for t in trials], batch)
             for trial, job in zip(trials, job_returns, strict=True):
@@ -128,6 +128,16 @@ class OptunaSweeper(Sweeper):
                 )
         studies.write_results(study, results)
         return returns
+
+    @staticmethod
+    def _ask(study: Any, space: dict[str, Any], url: str) -> Any:
+        try:
+            return study.ask(space)
+        except ValueError as e:  # a choice() whose values differ from the study's
+            raise HydraException(
+                f"study {study.study_name} in {url} was searched over other values ({e}); "
+                "keep its search space, or start another study (hydra.sweeper.study_name, hydra.sweep.dir)"
+            ) from None
 
     def _launch(self, numbers: list[int], batch: list[list[str]]) -> list[JobReturn]:
         """Launch trials as jobs numbered by their trial numbers (consecutive unless another
