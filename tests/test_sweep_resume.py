@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from normlab.sweep_resume import NEW, RERUN, RESUMED, SKIPPED, contiguous, existing_runs, plan
+from normlab.sweep_resume import NEW, RERUN, RESUMED, SKIPPED, contiguous, existing_runs, latest_checkpoint, plan
 from test_sweep import STATUS_LINE, multirun
 
 GRID = ["model=baseline_mlp,bn_mlp", "optimizer.lr=0.05,0.5"]
@@ -141,3 +141,16 @@ def test_submitit_local_sweep_resumes_a_run_from_its_checkpoint(tmp_path):
     assert event_digests([first]) == digest
     logs = "".join(p.read_text() for p in (sweep / ".submitit").rglob("*_log.*"))
     assert f"Restored all states from the checkpoint at {second / 'checkpoints' / 'last.ckpt'}" in logs
+
+
+def test_the_newest_checkpoint_is_resumed_the_slurm_requeue_one_included(tmp_path):
+    run = make_run(tmp_path, 0, ["m=a"], ckpt=True)
+    last = run / "checkpoints" / "last.ckpt"
+    hpc = run / "hpc_ckpt_1.ckpt"
+    hpc.write_bytes(b"")
+    os.utime(last, (100, 100))
+    os.utime(hpc, (200, 200))
+    assert latest_checkpoint(run) == hpc
+    os.utime(last, (300, 300))
+    assert latest_checkpoint(run) == last
+    assert latest_checkpoint(make_run(tmp_path, 1, ["m=b"])) is None
