@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -154,3 +155,19 @@ def test_the_newest_checkpoint_is_resumed_the_slurm_requeue_one_included(tmp_pat
     os.utime(last, (300, 300))
     assert latest_checkpoint(run) == last
     assert latest_checkpoint(make_run(tmp_path, 1, ["m=b"])) is None
+
+
+def test_joblib_sweep_started_again_launches_only_what_did_not_end(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["model=baseline_mlp,bn_mlp", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    first = multirun(sweep, *args)
+    assert "this start" not in first.stdout  # a fresh sweep: no column for it
+    runs = sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    (runs[0] / "summary.json").write_text(json.dumps({"status": "failed", "error": "the node died"}))
+    shutil.rmtree(runs[0] / "checkpoints")  # failed before its first checkpoint
+    digest = event_digests([runs[1]])
+    again = multirun(sweep, *args)
+    assert actions(again.stdout) == {"000": RERUN, "001": SKIPPED}
+    assert "2 completed (1 rerun, 1 skipped)" in again.stdout
+    assert event_digests([runs[1]]) == digest
+    assert sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()) == runs

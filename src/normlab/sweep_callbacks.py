@@ -125,17 +125,18 @@ def status_table(
     target = summary_target(runs)
     results = [outcome(r, target) for r in runs]
     actions = [plan.get(f"{r.job:03d}", "") for r in runs] if plan else [""] * len(runs)
+    restarted = any(a and a != NEW for a in actions)  # the column only when the sweep was started again
     took = f" in {seconds:.0f} s" if seconds is not None else ""
     header = f"normlab: sweep of {len(runs)} runs finished{took}: " + _counts(r.status for r in results)
-    if any(a and a != NEW for a in actions):
+    if restarted:
         header += f" ({_counts(actions)})"
-    start = "  this start" if plan else ""
+    start = "  this start" if restarted else ""
     lines = [header, f"  {'job':<4} {'status':<10} {'val/acc':>8} {'best':>7} {'steps':>6}{start}  overrides"]
     for run, r, action in zip(runs, results, actions, strict=True):
         job = f"{run.job:03d}" if run.job is not None else "-"
         note = f"  ({r.error})" if r.error else ""
         step = r.global_step if r.global_step is not None else ""
-        did = f"  {action:<10}" if plan else ""
+        did = f"  {action:<10}" if restarted else ""
         lines.append(
             f"  {job:<4} {r.status:<10} {_acc(r.final_val_acc):>8} {_acc(r.best_val_acc):>7} {step:>6}"
             f"{did}  {','.join(run.overrides)}{note}"
