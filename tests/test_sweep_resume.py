@@ -15,7 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
+from normlab.report.sweep import load_runs
 from normlab.sweep_resume import NEW, RERUN, RESUMED, SKIPPED, contiguous, existing_runs, latest_checkpoint, plan
 from test_sweep import STATUS_LINE, multirun
 
@@ -171,3 +173,17 @@ def test_joblib_sweep_started_again_launches_only_what_did_not_end(tmp_path):
     assert "2 completed (1 rerun, 1 skipped)" in again.stdout
     assert event_digests([runs[1]]) == digest
     assert sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()) == runs
+
+
+def test_the_report_lists_jobs_of_a_grid_sweep_that_never_started(tmp_path):
+    sweeper = {"_target_": "hydra_plugins.normlab_sweepers.grid.GridSweeper", "params": {"seed": "0,1"}}
+    config = {"hydra": {"sweeper": sweeper, "overrides": {"task": ["model=baseline_mlp,bn_mlp"]}}}
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump(config))
+    make_run(tmp_path, 0, ["seed=0", "model=baseline_mlp"], status="completed")
+    runs = load_runs(tmp_path)
+    assert [(r.overrides, r.path is None) for r in runs] == [
+        (("seed=0", "model=baseline_mlp"), False),
+        (("seed=0", "model=bn_mlp"), True),
+        (("seed=1", "model=baseline_mlp"), True),
+        (("seed=1", "model=bn_mlp"), True),
+    ]
