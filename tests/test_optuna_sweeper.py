@@ -15,9 +15,14 @@ import optuna
 import pytest
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
 
 from helpers import run_entry
+from hydra_plugins.normlab_sweepers.optuna_sweeper import tell
 from normlab.optuna_study import search_space
 from normlab.report import build_report
 from test_sweep import multirun, statuses
@@ -135,3 +140,35 @@ def test_a_killed_study_started_again_reaches_n_trials_complete(tmp_path):
     assert numbers == sorted(set(numbers)) and numbers[-1] == states[-1][0]  # job numbers are trial numbers
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert result["trials"]["complete"] == 4 and result["best_trial"] in {n for n, s in states if s == "COMPLETE"}
+
+
+def job_return(run_dir: Path, value, status: JobStatus = JobStatus.COMPLETED) -> JobReturn:
+    job = JobReturn()
+    job.hydra_cfg = OmegaConf.create({"hydra": {"runtime": {"output_dir": str(run_dir)}}})
+    job.status, job.return_value = status, value
+    return job
+
+
+@pytest.mark.parametrize(
+    ("summary", "value", "state", "status"),
+    [
+        ({"status": "completed"}, 0.9, TrialState.COMPLETE, "completed"),
+        ({"status": "diverged"}, None, TrialState.FAIL, "diverged"),  # normlab-train returns None for it
+        ({"status": "pruned"}, 0.3, TrialState.PRUNED, "pruned"),
+        (None, float("nan"), TrialState.FAIL, "failed"),
+    ],
+)
+def test_each_run_tells_the_study_how_it_ended(tmp_path, summary, value, state, status):
+    if summary is not None:
+        (tmp_path / "summary.json").write_text(json.dumps(summary))
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    assert tell(study, trial, job_return(tmp_path, value)) == status
+    (frozen,) = study.trials
+    assert frozen.state == state and frozen.user_attrs == {"status": status, "run_dir": str(tmp_path)}
+
+
+def test_a_task_that_returns_every_metric_asks_for_optimized_metric(tmp_path):
+    study = optuna.create_study()
+    with pytest.raises(HydraException, match="set optimized_metric=<metric name>"):
+        tell(study, study.ask(), job_return(tmp_path, {"val/acc": 0.9, "val/loss": 0.3}))

@@ -168,6 +168,11 @@ def tell(study: Any, trial: Any, job: JobReturn) -> str:
     value = job.return_value if job.status == JobStatus.COMPLETED else None
     if job.status != JobStatus.COMPLETED:
         status = "failed"
+    if isinstance(value, dict):
+        raise HydraException(
+            f"trial {trial.number} returned {len(value)} metrics, not one number to optimize: "
+            "set optimized_metric=<metric name>, e.g. optimized_metric=val/acc_best"
+        )
     if run_dir is not None:
         trial.set_user_attr("run_dir", str(run_dir))
     if status == "pruned":
