@@ -19,11 +19,12 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages import JournalStorage
 from optuna.trial import TrialState
 
 from helpers import run_entry
 from hydra_plugins.normlab_sweepers.optuna_sweeper import tell
-from normlab.optuna_study import search_space
+from normlab.optuna_study import open_storage, search_space
 from normlab.report import build_report
 from test_sweep import multirun, statuses
 
@@ -172,3 +173,14 @@ def test_a_task_that_returns_every_metric_asks_for_optimized_metric(tmp_path):
     study = optuna.create_study()
     with pytest.raises(HydraException, match="set optimized_metric=<metric name>"):
         tell(study, study.ask(), job_return(tmp_path, {"val/acc": 0.9, "val/loss": 0.3}))
+
+
+def test_a_path_as_storage_is_a_journal_file_that_another_process_can_open(tmp_path):
+    journal = tmp_path / "shared" / "study.log"
+    study = optuna.create_study(study_name="s", storage=open_storage(str(journal)), direction="maximize")
+    trial = study.ask({"x": FloatDistribution(0, 1)})
+    study.tell(trial, 0.5)
+    assert isinstance(open_storage(str(journal)), JournalStorage) and journal.is_file()
+    reopened = optuna.load_study(study_name="s", storage=open_storage(str(journal)))  # as a trial's process would
+    assert [(t.number, t.state, t.value) for t in reopened.trials] == [(0, TrialState.COMPLETE, 0.5)]
+    assert isinstance(open_storage(f"sqlite:///{tmp_path / 'db' / 'optuna.db'}"), optuna.storages.RDBStorage)
