@@ -6,7 +6,8 @@
 
 Every text file of the checkout (``git ls-files`` in a git repository, otherwise every file outside
 caches, virtual environments and run outputs) has ``normlab`` replaced by the new name, ``Normlab``
-and ``NORMLAB`` by its capitalised and upper-case forms; then ``src/normlab`` is moved to ``src/NAME``.
+and ``NORMLAB`` by its capitalised and upper-case forms; then ``src/normlab`` is moved to ``src/NAME``
+(and ``src/hydra_plugins/normlab_sweepers`` to ``src/hydra_plugins/NAME_sweepers``).
 The name is written back into this script too, so it can rename again later. Afterwards reinstall
 (``pip install -e ".[dev]"``): the old console scripts belong to the old package.
 """
@@ -79,8 +80,10 @@ def rename(root: Path, new: str, dry_run: bool = False) -> list[Path]:
             changed.append(path)
             if not dry_run:
                 path.write_text(new_text, encoding="utf-8")
-    if not dry_run:
-        (root / "src" / OLD).rename(root / "src" / new)
+    if not dry_run:  # src/normlab, and src/hydra_plugins/normlab_sweepers (deepest first)
+        folders = [p for p in (root / "src").rglob(f"*{OLD}*") if p.is_dir()]
+        for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+            folder.rename(folder.with_name(folder.name.replace(OLD, new)))
     return changed
 
 

@@ -67,6 +67,8 @@ def test_renamed_copy_installs_trains_and_passes_its_tests(tmp_path):
     run(*pip, "--no-deps", "--no-build-isolation", "--no-index", project, cwd=tmp_path)
     where = run(python, "-c", f"import {NEW}.train as m; print(m.__file__)", cwd=tmp_path).stdout
     assert where.startswith(str(tmp_path / "venv"))  # the wheel's copy, not the source tree
+    sweepers = run(python, "-c", f"import hydra_plugins.{NEW}_sweepers.grid as m; print(m.__file__)", cwd=tmp_path)
+    assert sweepers.stdout.startswith(str(tmp_path / "venv"))  # the wheel ships the renamed Hydra plugins
 
     trained = run(tmp_path / "venv" / "bin" / f"{NEW}-train", "trainer.max_steps=20", "hydra.run.dir=run", cwd=tmp_path)
     assert f"{NEW}: finished 20 steps" in trained.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import shutil
@@ -24,9 +25,11 @@ def config_dir() -> str:
 
 
 def safe_name(text: str) -> str:
-    """A path component: no separators, bounded length."""
+    """A path component: no separators, bounded length (a long one ends in a hash of the whole, so
+    that the same overrides give the same name again, which a resumed sweep relies on)."""
     text = text.replace(os.sep, "_").strip(".") or "run"
-    return text if len(text) <= _MAX_NAME else text[: _MAX_NAME - 9] + "~" + secrets.token_hex(4)
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    return text if len(text) <= _MAX_NAME else text[: _MAX_NAME - 9] + "~" + digest
 
 
 def run_label(model: str, data: str, overrides: str = "") -> str:
@@ -40,8 +43,19 @@ def job_subdir(num: int, overrides: str) -> str:
     return safe_name(f"{int(num):03d}_{overrides or 'defaults'}")
 
 
+def optuna_storage(storage: str | None, sweep_dir: str) -> str:
+    """An Optuna study's storage: ``storage`` as given, or SQLite in ``SWEEP_DIR/optuna.db`` (an
+    absolute path: trials may run in another working directory)."""
+    return str(storage) if storage else f"sqlite:///{(Path(sweep_dir) / 'optuna.db').resolve()}"
+
+
 def register_resolvers() -> None:
-    resolvers = {"run_label": run_label, "job_subdir": job_subdir, "run_token": lambda: RUN_TOKEN}
+    resolvers = {
+        "run_label": run_label,
+        "job_subdir": job_subdir,
+        "run_token": lambda: RUN_TOKEN,
+        "optuna_storage": optuna_storage,
+    }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -6,6 +6,7 @@ launcher (basic, joblib, submitit), in single runs too, where they do nothing.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from normlab.errors import ConfigError
+from normlab.sweep_resume import NEW, PLAN_FILE
 
 
 def available_cores() -> int:
@@ -72,11 +74,13 @@ class TorchThreads(Callback):
 
 
 class SweepStatus(Callback):
-    """Print one line per run when a multirun ends: status, accuracy, steps and overrides.
+    """Print one line per run when a multirun ends: status, accuracy, steps, overrides, and what this
+    start of the sweep did with the run (skipped, resumed, rerun, new) when it was started again.
 
     Statuses come from each run's ``summary.json`` or, without one, its event files (see
     ``normlab.report.outcome``), so jobs that ran in other processes (joblib, SLURM) are included.
-    Only runs this multirun started are listed, even in a reused sweep directory.
+    Only runs of this multirun are listed: those the grid sweeper planned (its ``sweep_plan.json``),
+    else those set up since it started.
     """
 
     def __init__(self) -> None:
@@ -90,36 +94,62 @@ class SweepStatus(Callback):
         if not sweep_dir.is_dir():
             return
         since = self.started - 1.0 if self.started is not None else None  # coarse file-system clocks
-        print(status_table(sweep_dir, since, time.time() - (self.started or time.time())), flush=True)
+        seconds = time.time() - (self.started or time.time())
+        print(status_table(sweep_dir, since, seconds, read_plan(sweep_dir, since)), flush=True)
 
 
-def status_table(sweep_dir: Path, since: float | None = None, seconds: float | None = None) -> str:
+def read_plan(sweep_dir: Path, since: float | None = None) -> dict[str, str] | None:
+    """Job number (``"003"``) -> action, from the grid sweeper's plan if it was written since ``since``."""
+    try:
+        data = json.loads((sweep_dir / PLAN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or (since is not None and float(data.get("started", 0)) < since):
+        return None
+    jobs = data.get("jobs")
+    return {str(k): str(v) for k, v in jobs.items()} if isinstance(jobs, dict) else None
+
+
+def status_table(
+    sweep_dir: Path, since: float | None = None, seconds: float | None = None, plan: dict[str, str] | None = None
+) -> str:
     """The end-of-sweep table as text: a header line, then one line per run."""
     # imported here: the report package loads matplotlib, which a training job never needs
     from normlab.report.outcome import outcome, summary_target
     from normlab.report.sweep import load_runs
 
-    runs = load_runs(sweep_dir, since=since)
+    if plan is None:
+        runs = load_runs(sweep_dir, since=since)
+    else:
+        runs = [r for r in load_runs(sweep_dir, since=0.0) if r.job is not None and f"{r.job:03d}" in plan]
     target = summary_target(runs)
     results = [outcome(r, target) for r in runs]
-    counts = {}
-    for r in results:
-        counts[r.status] = counts.get(r.status, 0) + 1
+    actions = [plan.get(f"{r.job:03d}", "") for r in runs] if plan else [""] * len(runs)
+    restarted = any(a and a != NEW for a in actions)  # the column only when the sweep was started again
     took = f" in {seconds:.0f} s" if seconds is not None else ""
-    lines = [
-        f"normlab: sweep of {len(runs)} runs finished{took}: "
-        + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
-        f"  {'job':<4} {'status':<10} {'val/acc':>8} {'best':>7} {'steps':>6}  overrides",
-    ]
-    for run, r in zip(runs, results, strict=True):
+    header = f"normlab: sweep of {len(runs)} runs finished{took}: " + _counts(r.status for r in results)
+    if restarted:
+        header += f" ({_counts(actions)})"
+    start = "  this start" if restarted else ""
+    lines = [header, f"  {'job':<4} {'status':<10} {'val/acc':>8} {'best':>7} {'steps':>6}{start}  overrides"]
+    for run, r, action in zip(runs, results, actions, strict=True):
         job = f"{run.job:03d}" if run.job is not None else "-"
         note = f"  ({r.error})" if r.error else ""
+        step = r.global_step if r.global_step is not None else ""
+        did = f"  {action:<10}" if restarted else ""
         lines.append(
-            f"  {job:<4} {r.status:<10} {_acc(r.final_val_acc):>8} {_acc(r.best_val_acc):>7} "
-            f"{r.global_step if r.global_step is not None else '':>6}  {','.join(run.overrides)}{note}"
+            f"  {job:<4} {r.status:<10} {_acc(r.final_val_acc):>8} {_acc(r.best_val_acc):>7} {step:>6}"
+            f"{did}  {','.join(run.overrides)}{note}"
         )
     lines.append(f"  report: normlab-report {sweep_dir.resolve()}")
     return "\n".join(lines)
+
+
+def _counts(values: Any) -> str:
+    counts: dict[str, int] = {}
+    for value in values:
+        counts[value] = counts.get(value, 0) + 1
+    return ", ".join(f"{n} {v}" for v, n in sorted(counts.items()))
 
 
 def _acc(value: float | None) -> str:

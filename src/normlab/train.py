@@ -13,12 +13,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from normlab.cli import as_plain, build_logger, guarded, log_hparams, print_summary
+from normlab.cli import as_plain, build_logger, guarded, in_multirun, log_hparams, print_summary
 from normlab.config import register_schemas, validate
 from normlab.console import quiet_known_noise, show_config
+from normlab.diagnostics.summary import merge_json
 from normlab.errors import ConfigError
 from normlab.module import Classifier
 from normlab.runs import config_dir, find_checkpoint, register_resolvers
+from normlab.sweep_resume import latest_checkpoint, run_status
 
 register_schemas()
 register_resolvers()
@@ -32,7 +34,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit the model, test the best checkpoint, return the final metrics."""
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    ckpt_path = find_checkpoint(cfg.get("ckpt_path"), run_dir)
+    ckpt_path = resume_from(cfg.get("ckpt_path"), run_dir)
     quiet_known_noise(resuming=ckpt_path is not None)
     show_config(cfg, run_dir)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -47,7 +49,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         scheduler=as_plain(cfg.get("scheduler")),
     )
     logger = build_logger(cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=build_callbacks(cfg))
+    # default_root_dir: where Lightning saves and looks for the checkpoint of a SLURM requeue
+    trainer: L.Trainer = instantiate(
+        cfg.trainer, logger=logger, callbacks=build_callbacks(cfg), default_root_dir=str(run_dir)
+    )
     log_hparams(trainer, cfg)
 
     start = time.perf_counter()
@@ -58,8 +63,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.test(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
 
     metrics.update(_scalars(trainer.callback_metrics))
+    if trainer.is_global_zero and run_status(run_dir) is None:  # trained without the diagnostics' summary
+        merge_json(run_dir / "summary.json", {"status": "completed", "global_step": trainer.global_step})
     print_summary(trainer, metrics, run_dir, fit_seconds)
     return metrics
+
+
+def resume_from(ckpt_path: str | None, run_dir: Path) -> str | None:
+    """The checkpoint to start from: ``ckpt_path`` when given; in a sweep, the newest checkpoint in
+    the job's own directory, which holds one when the sweep was killed and started again, or when
+    SLURM requeued the job after its time-limit signal (``normlab.sweep_resume``)."""
+    if ckpt_path is None and in_multirun():
+        found = latest_checkpoint(run_dir)
+        return str(found) if found is not None else None
+    return find_checkpoint(ckpt_path, run_dir)
 
 
 def _scalars(metrics: dict[str, Any]) -> dict[str, float]:

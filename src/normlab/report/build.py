@@ -12,6 +12,7 @@ from normlab.report.groups import Group, Layout, StabilityLine, group_runs, lr_s
 from normlab.report.landscape import landscape_figure
 from normlab.report.markdown import render
 from normlab.report.outcome import Outcome, outcome, summary_target
+from normlab.report.study import study_lines
 from normlab.report.sweep import Run, load_runs
 
 REPORT_FILE = "report.md"
@@ -36,6 +37,7 @@ class Report:
     figures: dict[str, Path] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     path: Path | None = None
+    study: list[str] = field(default_factory=list)  # the Optuna study's section, for an Optuna sweep
 
     def status_counts(self) -> Counter:
         return Counter(o.status for o in self.outcomes)
@@ -80,6 +82,7 @@ def build_report(
     out = Path(out_dir).expanduser() if out_dir is not None else sweep
     _draw(report, out / FIGURE_DIR)
     report.notes += data_notes(report)
+    report.study = study_lines(sweep)
     report.path = out / REPORT_FILE
     report.path.write_text(render(report, out))
     return report

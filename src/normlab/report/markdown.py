@@ -45,6 +45,7 @@ def render(report: Report, out_dir: Path) -> str:
         "",
         *answers(report),
         "",
+        *report.study,
         "## Groups",
         "",
         *group_table(report.groups, report.target),

@@ -7,6 +7,8 @@ trained without diagnostics) is judged from its event files:
 - ``completed``: it logged ``test/acc``, so training and testing finished;
 - ``partial``: it did not (yet).
 
+A trial that normlab's Optuna sweeper pruned says ``pruned`` in its summary.
+
 With or without a summary, a run is ``diverged`` when its summary says so or when its
 ``train/loss`` became non-finite, or the median of its last tenth ended above the smaller of
 ``DIVERGENCE_FACTOR`` times where it started (its first value, at least chance level ln(classes))
@@ -25,7 +27,7 @@ import numpy as np
 from normlab.report.events import Series
 from normlab.report.sweep import Run
 
-STATUSES = ("completed", "diverged", "failed", "partial", "missing")
+STATUSES = ("completed", "diverged", "pruned", "failed", "partial", "missing")
 DIVERGENCE_FACTOR = 1.5
 BLOWUP_FACTOR = 10.0
 DEFAULT_TARGET = 0.9
@@ -57,7 +59,7 @@ class Outcome:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("completed", "diverged")
+        return self.status in ("completed", "diverged", "pruned")
 
     def converged(self, target: float) -> bool:
         """Finished without diverging, with a final validation accuracy of at least ``target``."""

@@ -220,19 +220,19 @@ def missing_runs(sweep_dir: Path, found: list[Run]) -> list[Run]:
 
 
 def expected_jobs(sweep_dir: Path) -> list[list[str]]:
-    """The override lists of a basic sweep's jobs, in launch order; ``[]`` when not knowable."""
+    """The override lists of a grid sweep's jobs, in launch order; ``[]`` when not knowable."""
     config = _read_yaml(sweep_dir / "multirun.yaml") or {}
     sweeper = _select(config, "hydra.sweeper") or {}
-    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+    if not str(sweeper.get("_target_", "")).endswith(("BasicSweeper", "GridSweeper")):
         return []  # optuna and other sweepers decide their jobs as they go
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.normlab_sweepers.grid import grid_jobs
 
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     task = [str(o) for o in _select(config, "hydra.overrides.task") or ()]
     try:
-        parsed = OverridesParser.create().parse_overrides(params + task)
-        return BasicSweeper.split_arguments(parsed, None)[0]
+        return grid_jobs(OverridesParser.create().parse_overrides(params + task))
     except (HydraException, OmegaConfBaseException):  # another Hydra's syntax: report what is on disk
         return []
 

@@ -1,0 +1,91 @@
+"""SLURM's time-limit warning: the run saves its state, requeues itself, and the requeued job resumes.
+
+No SLURM here: the run gets SLURM's environment variables, a stand-in ``scontrol`` on PATH records
+the requeue, and the test sends the warning signal (USR1, as ``--signal=USR1@90`` in
+``conf/hydra/launcher/slurm.yaml`` asks SLURM to). Then it kills the job, as SLURM would at the
+time limit, and starts the same command again, as the requeued job would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+MAX_STEPS = 2000
+
+
+def slurm_env(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.chmod(0o755)
+    env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env.update(
+        SLURM_JOB_ID="4242", SLURM_JOB_NAME="normlab", SLURM_NTASKS="1", SLURM_PROCID="0",
+        SLURM_LOCALID="0", SLURM_NODEID="0", SLURM_NODELIST="localhost",
+    )  # fmt: skip
+    return env
+
+
+@pytest.mark.slow
+def test_time_limit_signal_saves_requeues_and_the_requeued_job_resumes(tmp_path):
+    sweep = tmp_path / "sweep"
+    command = [
+        sys.executable, "-m", "normlab.train", "-m", "model=bn_mlp", f"trainer.max_steps={MAX_STEPS}",
+        "~callbacks.progress", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweep}",
+    ]  # fmt: skip
+    env = slurm_env(tmp_path)
+    with (tmp_path / "first.log").open("w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+    deadline = time.monotonic() + 240
+    while not list(sweep.glob("*/checkpoints/last.ckpt")):  # fit has started: Lightning's handler is set
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (run,) = [p for p in sweep.iterdir() if (p / ".hydra").is_dir()]
+    proc.send_signal(signal.SIGUSR1)
+    hpc = run / "hpc_ckpt_1.ckpt"
+    while not (tmp_path / "scontrol.log").is_file():
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline, "no requeue"
+        time.sleep(0.05)
+    proc.kill()  # the time limit
+    proc.wait(timeout=30)
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    saved_at = torch.load(hpc, map_location="cpu", weights_only=False)["global_step"]
+    assert 0 < saved_at < MAX_STEPS
+
+    again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    # resumed from the newest checkpoint: the requeue's, or a last.ckpt written while SLURM lets the job run on
+    restored = re.search(r"Restored all states from the checkpoint at (.+\.ckpt)", again.stdout + again.stderr)
+    assert restored, again.stderr[-3000:]
+    assert Path(restored[1]) in (hpc, run / "checkpoints" / "last.ckpt")
+    assert "resumed" in again.stdout  # the sweep's table: the same job, in the same directory
+    assert [p.name for p in sweep.iterdir() if (p / ".hydra").is_dir()] == [run.name]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["global_step"] == MAX_STEPS
+
+
+def test_slurm_preset_asks_for_the_signal_that_lightning_handles(compose_cfg, tmp_path):
+    # submitit's private sbatch writer: if it moves, this test fails loudly rather than the preset silently
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    launcher = compose_cfg(["hydra/launcher=slurm"]).hydra.launcher
+    text = _make_sbatch_string(
+        command="true",
+        folder=tmp_path,
+        signal_delay_s=launcher.signal_delay_s,
+        additional_parameters=dict(launcher.additional_parameters),
+    )
+    assert "#SBATCH --signal=USR1@90" in text.splitlines() and "USR2" not in text
