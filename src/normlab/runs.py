@@ -74,6 +74,25 @@ def find_checkpoint(ckpt_path: str | None, run_dir: Path) -> str | None:
     return str(path.resolve())
 
 
+def keep_restart_point(path: str, step: int) -> str:
+    """A hard link ``restart-stepNNNNNN.ckpt`` to the checkpoint a run resumes from, to resume from.
+
+    The resumed run replaces ``last.ckpt`` as it goes (atomically, so the link keeps the old
+    file): the state it started from stays on disk, and the path Lightning reports restoring
+    stays that state. Where hard links are not supported the checkpoint is resumed in place.
+    """
+    source = Path(path)
+    link = source.with_name(f"restart-step{step:06d}.ckpt")
+    if source.parent.name != "checkpoints" or source.name == link.name:
+        return path
+    try:
+        link.unlink(missing_ok=True)
+        os.link(source, link)
+    except OSError:
+        return path
+    return str(link)
+
+
 def _recency(path: Path) -> tuple[int, int]:
     """Newest first by training step, then by write time: a copied folder's mtimes say nothing."""
     return checkpoint_step(path), path.stat().st_mtime_ns

@@ -25,7 +25,7 @@ from normlab.console import quiet_known_noise, show_config
 from normlab.diagnostics.summary import merge_json
 from normlab.errors import ConfigError
 from normlab.module import Classifier
-from normlab.runs import config_dir, find_checkpoint, register_resolvers
+from normlab.runs import config_dir, find_checkpoint, keep_restart_point, register_resolvers
 
 register_schemas()
 register_resolvers()
@@ -56,6 +56,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     )
     if checkpoint is not None:
         check_fits(checkpoint, ckpt_path, module, cfg.optimizer.get("_target_"))
+        if cfg.ckpt_path == "last":
+            ckpt_path = keep_restart_point(ckpt_path, checkpoint.get("global_step", 0))
         print(f"normlab: resuming from {ckpt_path} (step {checkpoint.get('global_step', '?')})", flush=True)
     show_config(cfg, run_dir)
     logger = build_logger(cfg)
