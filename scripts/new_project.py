@@ -15,6 +15,7 @@ The name is written back into this script too, so it can rename again later. Aft
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib.util
 import keyword
 import re
@@ -33,7 +34,7 @@ def spellings(old: str, new: str) -> dict[str, str]:
     return {old: new, old.capitalize(): new.capitalize(), old.upper(): new.upper()}
 
 
-def name_problem(name: str) -> str | None:
+def name_problem(name: str, root: Path = ROOT) -> str | None:
     """Why ``name`` cannot be the new package name, or ``None`` when it can."""
     if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
         return f"NAME={name!r} must be a lower-case Python identifier (letters, digits, underscores; a letter first)"
@@ -41,8 +42,38 @@ def name_problem(name: str) -> str | None:
         return f"NAME={name!r} is a Python keyword; choose another name"
     if name == OLD:
         return f"the package is already called {name!r}"
+    pattern = ignored_by(f"src/{name}", root)
+    if pattern:
+        return f"NAME={name!r} matches {pattern!r} in .gitignore, so git would ignore the package; choose another name"
+    if (root / name).exists() or name in SKIP_DIRS:
+        return f"NAME={name!r} is a top-level folder of the repository; choose another name"
     if importlib.util.find_spec(name) is not None:
         return f"NAME={name!r} is already an importable module here and would be shadowed; choose another name"
+    return None
+
+
+def ignored_by(rel: str, root: Path) -> str | None:
+    """The ``.gitignore`` pattern that matches ``rel`` or one of its folders, else ``None``.
+
+    Covers the patterns a project's ``.gitignore`` holds (names, globs, a leading or trailing ``/``);
+    negations (``!``) are not followed, which can only refuse a name too many.
+    """
+    try:
+        lines = (root / ".gitignore").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    parts = rel.split("/")
+    for line in (raw.strip() for raw in lines):
+        if not line or line.startswith(("#", "!")):
+            continue
+        pattern = line.strip("/")
+        anchored = line.startswith("/") or "/" in pattern
+        for depth in range(1, len(parts) + 1):
+            prefix = "/".join(parts[:depth])
+            if fnmatch.fnmatchcase(prefix, pattern) or (
+                not anchored and fnmatch.fnmatchcase(parts[depth - 1], pattern)
+            ):
+                return line
     return None
 
 
@@ -95,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     root = args.root.resolve()
-    problem = name_problem(args.name)
+    problem = name_problem(args.name, root)
     if problem is None and not (root / "src" / OLD).is_dir():
         problem = f"no package at {root / 'src' / OLD}; pass --root <the checkout>"
     if problem:

@@ -104,7 +104,7 @@ def test_run_label_says_what_the_run_is():
         (["optimizer.lr=-1"], "optimizer.lr=-1.0 is out of range: must be > 0"),
         (["model.depth=0"], "model.depth=0 is out of range"),
         (["model.activation=swish"], "swish"),
-        (["model=resnet9000"], "model/resnet9000"),
+        (["model=resnet9000"], "model=resnet9000: no such model config; choose one of"),
         (["data.batch_size=abc"], "data.batch_size"),
         (["data=mnist", "data.download=false"], "train-images-idx3-ubyte.gz"),
     ],
@@ -119,7 +119,7 @@ def test_cli_errors_are_one_clear_message_and_leave_nothing(tmp_path, overrides,
         cwd=tmp_path,
     )
     output = proc.stdout + proc.stderr
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     assert "Traceback" not in output
     assert needle in output
     assert not run_dir.exists()  # nothing half written

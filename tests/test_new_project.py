@@ -91,3 +91,17 @@ def test_unusable_names_are_refused_in_one_line(tmp_path, name, reason):
     )
     assert proc.returncode == 2 and reason in proc.stderr and len(proc.stderr.splitlines()) == 1
     assert (tmp_path / "src" / "normlab").is_dir()
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        *((n, f"matches '{n}/' in .gitignore") for n in ("outputs", "build", "dist", "multirun", "lightning_logs")),
+        *((n, "is a top-level folder of the repository") for n in ("data", "conf", "src", "tests")),
+    ],
+)
+def test_names_git_ignores_or_top_level_folders_are_refused(name, reason):
+    proc = subprocess.run(
+        [sys.executable, REPO / "scripts" / "new_project.py", name, "--dry-run"], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and reason in proc.stderr and len(proc.stderr.splitlines()) == 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -11,17 +13,19 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
+from hydra.errors import HydraException, InstantiationException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch.utils.tensorboard.summary import hparams
 
 from normlab.diagnostics.summary import merge_json
 from normlab.errors import UserError
-from normlab.runs import discard_if_unused
+from normlab.hydra_errors import describe
+from normlab.runs import claim_run_dir, discard_if_unused
 
 # Metrics the HParams tab shows for every run; callbacks add theirs via `hparam_metrics`.
 HPARAM_METRICS = ("val/acc_best", "val/acc", "val/loss", "test/acc", "test/loss", "train/loss")
@@ -99,18 +103,46 @@ def resume_command(run_dir: Path) -> str:
     return " ".join([*words, "trainer.max_steps=N"])
 
 
+def hydra_entry_point(hydra_main: Callable[[], Any]) -> Callable[[], None]:
+    """A console script around a ``@hydra.main`` function: a mistake Hydra finds while composing
+    the config (a wrong type, an unknown option or key) ends in one line and exit status 2.
+
+    Hydra would print it in 5 to 14 lines and exit 1. ``HYDRA_FULL_ERROR=1``, Hydra's public switch,
+    makes it raise the error instead, so that it can be described here; a user who set the
+    variable keeps Hydra's full report.
+    """
+
+    def main() -> None:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            hydra_main()
+            return
+        os.environ["HYDRA_FULL_ERROR"] = "1"
+        try:
+            hydra_main()
+        except (HydraException, OmegaConfBaseException) as e:
+            print(f"normlab: error: {describe(e)}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    return main
+
+
 def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``task``; a mistake the user can fix ends in one line on stderr and exit status 2.
 
-    A run directory that holds only what Hydra wrote before the failure is removed, so a bad
-    command leaves nothing half written. In a multirun a failing job must not stop the sweep: any
-    exception is printed as one line, its traceback goes to the job's log file, the run
-    directory keeps a ``summary.json`` with status ``failed``, and ``None`` is returned.
+    A run directory this process created that holds only what Hydra wrote before the failure is
+    removed, with the empty folders above it that it created, so a bad command leaves nothing
+    behind. In a multirun a failing job must not stop the sweep: any exception is printed as one
+    line, its traceback goes to the job's log file, the run directory keeps a ``summary.json``
+    with status ``failed``, and ``None`` is returned.
     """
     try:
+        if in_multirun():  # a single run's directory was claimed before Hydra wrote in it (RunGuard)
+            claim_run_dir(Path(HydraConfig.get().runtime.output_dir), resuming=cfg.get("ckpt_path") is not None)
         return task(cfg)
-    except (UserError, InstantiationException) as e:
-        message = " ".join(str(e).split())
+    except (UserError, InstantiationException, OSError) as e:
+        if isinstance(e, OSError) and e.errno not in _FILESYSTEM_ERRORS:
+            raise
+        message = " ".join(str(e).split()) if not isinstance(e, OSError) else _filesystem_message(e)
         if in_multirun():
             return record_failure(message, error=None)
         if HydraConfig.initialized():
@@ -121,6 +153,15 @@ def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         if not in_multirun():
             raise
         return record_failure(f"{type(e).__name__}: {' '.join(str(e).split())}", error=e)
+
+
+# A folder the user pointed at that cannot be written: read-only, not theirs, or full.
+_FILESYSTEM_ERRORS = (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR)
+
+
+def _filesystem_message(e: OSError) -> str:
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot write{where}: {e.strerror}; free some space or choose a writable folder"
 
 
 def in_multirun() -> bool:

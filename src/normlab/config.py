@@ -67,7 +67,8 @@ class MLPSchema(_NetSchema):
     _target_: str = "normlab.models.MLP"
     depth: int = at_least(1, 3)
     width: int = at_least(1, 100)
-    hidden: list[int] | None = each_at_least(1)  # per-layer widths; overrides depth and width
+    # per-layer widths; overrides depth and width; [] would silently build a linear model
+    hidden: list[int] | None = field(default=None, metadata={"each_ge": 1, "nonempty": True})
     norm_layers: list[int] | None = each_at_least(1)  # 1-based hidden layers with BN; None: all
 
 
@@ -92,8 +93,8 @@ class _DataSchema:
 @dataclass
 class DigitsSchema(_DataSchema):
     _target_: str = "normlab.data.DigitsDataModule"
-    val_fraction: float = between(0, 1, 0.15)
-    test_fraction: float = between(0, 1, 0.2)
+    val_fraction: float = field(default=0.15, metadata={"gt": 0, "lt": 1})
+    test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
     split_seed: int = 0
 
 
@@ -105,8 +106,8 @@ class SyntheticSchema(_DataSchema):
     scale_disparity: float = at_least(0, 4.0)
     noise: float = at_least(0, 0.1)
     data_seed: int = 0
-    val_fraction: float = between(0, 1, 0.15)
-    test_fraction: float = between(0, 1, 0.2)
+    val_fraction: float = field(default=0.15, metadata={"gt": 0, "lt": 1})
+    test_fraction: float = field(default=0.2, metadata={"gt": 0, "lt": 1})
 
 
 @dataclass
@@ -134,7 +135,7 @@ class AdamSchema:
     _target_: str = "torch.optim.Adam"
     _partial_: bool = True
     lr: float = positive(1e-3)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"each_ge": 0, "each_lt": 1, "len": 2})
     eps: float = positive(1e-8)
     weight_decay: float = at_least(0, 0.0)
 
@@ -234,7 +235,43 @@ class DiagnosticsSchema:
     summary_path: str | None = None
 
 
+# ----------------------------------------------------------------------------- the run itself
+class TestOn(str, enum.Enum):
+    best = "best"  # the checkpoint with the best validation accuracy
+    last = "last"  # the weights at the end of training (published tables report these)
+
+
+@dataclass
+class TrainSchema:
+    """The top of ``train.yaml``: its own keys, and one per config group (typed by their own
+    schemas). Being a schema, it refuses keys nobody reads (``foo=1``, ``+foo=1``)."""
+
+    seed: int = at_least(0, 0)
+    ckpt_path: str | None = None
+    optimized_metric: str | None = None
+    test_on: TestOn = TestOn.best
+    overwrite: bool = False
+    model: Any = None
+    data: Any = None
+    optimizer: Any = None
+    scheduler: Any = None
+    trainer: Any = None
+    logger: Any = None
+    callbacks: Any = None
+
+
+@dataclass
+class EvalSchema:
+    """The top of ``eval.yaml``."""
+
+    ckpt_path: str = MISSING
+    seed: int = at_least(0, 0)
+    data: Any = None
+    trainer: Any = None
+
+
 SCHEMAS = {
+    "run": {"train": TrainSchema, "eval": EvalSchema},
     "model": {"mlp": MLPSchema, "cnn": CNNSchema},
     "data": {"digits": DigitsSchema, "synthetic": SyntheticSchema, "mnist": MNISTSchema},
     "optimizer": {"sgd": SGDSchema, "adam": AdamSchema},
@@ -265,8 +302,9 @@ _LIMITS = {
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check the range limits of every schema-typed node in ``cfg``; raise ``ConfigError``."""
-    problems = list(_problems(cfg, ""))
+    """Check that every required value is set, the range limits of every schema-typed node in
+    ``cfg``, and the limits that tie several keys together; raise ``ConfigError``."""
+    problems = list(_problems(cfg, "")) + list(_joint_problems(cfg))
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
 
@@ -284,9 +322,26 @@ def _problems(node: Any, prefix: str):
         if not prefix and key == "hydra":  # Hydra's own node: validated by Hydra
             continue
         full = f"{prefix}.{key}" if prefix else str(key)
-        value = node[key] if not OmegaConf.is_missing(node, key) else None
+        if limits and key not in limits:  # added with +key=value, which Hydra lets into a schema
+            yield f"{full} is not a setting here; known keys: {', '.join(sorted(k for k in limits if k[0] != '_'))}"
+            continue
+        if OmegaConf.is_missing(node, key):
+            yield f"{full} has no value: pass {full}=VALUE on the command line"
+            continue
+        value = node[key]
         yield from _check(full, value, limits.get(key, {}))
         yield from _problems(value, full)
+
+
+def _joint_problems(cfg: DictConfig):
+    data = cfg.get("data")
+    if isinstance(data, DictConfig) and "val_fraction" in data and "test_fraction" in data:
+        total = data.val_fraction + data.test_fraction
+        if total >= 1:
+            yield (
+                f"data.val_fraction={data.val_fraction} and data.test_fraction={data.test_fraction} add up to "
+                f"{total:g}, leaving nothing to train on: their sum must be < 1"
+            )
 
 
 def _check(key: str, value: Any, limits: dict) -> list[str]:
@@ -294,10 +349,18 @@ def _check(key: str, value: Any, limits: dict) -> list[str]:
         return []
     out = []
     for name, bound in limits.items():
-        if name == "each_ge":
-            bad = [v for v in value if v < bound]
-            if bad:
-                out.append(f"{key}={list(value)} is out of range: every entry must be >= {bound}")
+        if name == "nonempty":
+            if not len(value):
+                out.append(f"{key}=[] lists no hidden layer: give at least one width, or leave it unset")
+            continue
+        if name == "len":
+            if len(value) != bound:
+                out.append(f"{key}={list(value)} must have {bound} entries")
+            continue
+        if name.startswith("each_"):
+            ok, text = _LIMITS[name.removeprefix("each_")]
+            if not all(ok(v, bound) for v in value):
+                out.append(f"{key}={list(value)} is out of range: every entry must be {text.format(bound)}")
             continue
         ok, text = _LIMITS[name]
         if isinstance(value, float) and math.isnan(value) or not ok(value, bound):

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from normlab.cli import as_plain, guarded
+from normlab.checkpoints import read_checkpoint
+from normlab.cli import as_plain, guarded, hydra_entry_point
 from normlab.config import register_schemas, validate
 from normlab.console import quiet_known_noise
 from normlab.errors import ConfigError
@@ -33,14 +34,28 @@ def data_config(cfg: DictConfig, checkpoint: dict) -> dict:
     return dict(stored)
 
 
+def check_data_fits(checkpoint: dict, path: str, data: dict) -> None:
+    """Refuse data of another shape or with more classes than the checkpoint's model takes."""
+    net = (checkpoint.get("hyper_parameters") or {}).get("net") or {}
+    for key in ("input_shape", "num_classes"):
+        there, here = net.get(key), data.get(key)
+        if there is not None and here is not None and list(np.atleast_1d(there)) != list(np.atleast_1d(here)):
+            raise ConfigError(
+                f"data.{key}={here} does not fit ckpt_path={path}, whose model takes {key}={there}; "
+                "evaluate on the data it was trained on (leave out data=... to use the stored one)"
+            )
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     path = find_checkpoint(cfg.ckpt_path, run_dir)
     quiet_known_noise()
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint = read_checkpoint(path)
     L.seed_everything(cfg.seed, verbose=False)
-    datamodule = instantiate(data_config(cfg, checkpoint))
+    data = data_config(cfg, checkpoint)
+    check_data_fits(checkpoint, path, data)
+    datamodule = instantiate(data)
     datamodule.prepare_data()
     module = Classifier.load_from_checkpoint(path, map_location="cpu")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
@@ -58,9 +73,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(config_path=config_dir(), config_name="eval", version_base="1.3")
-def main(cfg: DictConfig) -> dict[str, float]:
+def hydra_main(cfg: DictConfig) -> dict[str, float]:
     return guarded(evaluate, cfg)
 
+
+main = hydra_entry_point(hydra_main)
 
 if __name__ == "__main__":
     main()

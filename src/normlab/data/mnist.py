@@ -48,6 +48,8 @@ class MNISTDataModule(InMemoryDataModule):
         return None
 
     def prepare_data(self) -> None:
+        if self.data_dir.exists() and not self.data_dir.is_dir():
+            raise DataError(f"data.data_dir={self.data_dir} is a file, not a folder; pass data.data_dir=FOLDER")
         missing = [(name, md5) for name, md5 in self.resources.values() if self._existing(name) is None]
         if missing and not self.download:
             raise DataError(self._instructions([n for n, _ in missing], "download=false"))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ class RunSummary:
     best_val_acc: float | None = None
     steps_to_target: int | None = None
     global_step: int = 0
+    val_history: list[list[float]] = field(default_factory=list)  # [step, accuracy] per validation
 
     def observe_grad_norm(self, value: float) -> None:
         finite = math.isfinite(value)
@@ -42,6 +43,7 @@ class RunSummary:
         if not math.isfinite(accuracy):
             return
         self.final_val_acc = accuracy
+        self.val_history.append([step, accuracy])
         self.best_val_acc = accuracy if self.best_val_acc is None else max(self.best_val_acc, accuracy)
         if self.steps_to_target is None and accuracy >= self.target_acc:
             self.steps_to_target = step

@@ -13,7 +13,7 @@ from normlab.report.landscape import landscape_figure
 from normlab.report.markdown import render
 from normlab.report.outcome import Outcome, outcome, summary_target
 from normlab.report.study import study_lines
-from normlab.report.sweep import Run, load_runs
+from normlab.report.sweep import Run, known_layers, load_runs
 
 REPORT_FILE = "report.md"
 FIGURE_DIR = "figures"
@@ -74,6 +74,12 @@ def build_report(
         raise UserError(
             f"no runs in {sweep}: a run directory holds .hydra/overrides.yaml; "
             "pass the hydra.sweep.dir of a multirun (normlab-train -m ...)"
+        )
+    if layer is not None and not any(r.activation_module for r in runs):
+        known = sorted(set().union(*(known_layers(r) for r in runs)), key=lambda n: (len(n), n))
+        raise UserError(
+            f"--layer {layer}: no run has that layer with logged percentiles; "
+            f"the layers are {', '.join(known) or 'none (no run logged act/ percentiles)'}"
         )
     goal = summary_target(runs) if target is None else target
     outcomes = [outcome(r, goal) for r in runs]

@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"normlab-report: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # --out (or the sweep directory) on a read-only or full file system
+        where = e.filename or args.out or args.sweep_dir
+        print(
+            f"normlab-report: error: cannot write {where}: {e.strerror}; pass --out <a writable folder>",
+            file=sys.stderr,
+        )
+        return 2
     counts = ", ".join(f"{n} {s}" for s, n in sorted(report.status_counts().items()))
     print(
         f"normlab-report: {len(report.runs)} runs ({counts}) in {len(report.groups)} groups, "

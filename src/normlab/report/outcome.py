@@ -7,6 +7,10 @@ trained without diagnostics) is judged from its event files:
 - ``completed``: it logged ``test/acc``, so training and testing finished;
 - ``partial``: it did not (yet).
 
+A run that learned and then fell back (validation accuracy at chance level, or training loss back
+at its first value, to the end; see ``normlab.collapse``) is ``collapsed``, with the step, though
+every number is finite. A ``summary.json`` that cannot be read makes the run ``unreadable``.
+
 A trial that normlab's Optuna sweeper pruned says ``pruned`` in its summary.
 
 With or without a summary, a run is ``diverged`` when its summary says so or when its
@@ -24,10 +28,21 @@ from typing import Any
 
 import numpy as np
 
+from normlab.collapse import accuracy_collapse_step, loss_collapse_step
 from normlab.report.events import Series
 from normlab.report.sweep import Run
 
-STATUSES = ("completed", "diverged", "pruned", "failed", "partial", "missing")
+STATUSES = (
+    "completed",
+    "collapsed",
+    "diverged",
+    "pruned",
+    "interrupted",
+    "failed",
+    "unreadable",
+    "partial",
+    "missing",
+)
 DIVERGENCE_FACTOR = 1.5
 BLOWUP_FACTOR = 10.0
 DEFAULT_TARGET = 0.9
@@ -48,6 +63,7 @@ class Outcome:
     test_acc: float | None = None
     steps_to_target: int | None = None
     divergence_step: int | None = None
+    collapse_step: int | None = None
     max_grad_norm: float | None = None
     global_step: int | None = None
     error: str | None = None
@@ -59,7 +75,7 @@ class Outcome:
 
     @property
     def finished(self) -> bool:
-        return self.status in ("completed", "diverged", "pruned")
+        return self.status in ("completed", "collapsed", "diverged", "pruned")
 
     def converged(self, target: float) -> bool:
         """Finished without diverging, with a final validation accuracy of at least ``target``."""
@@ -76,6 +92,8 @@ def outcome(run: Run, target: float) -> Outcome:
     events_status = from_events.pop("status")
     if not summary:
         status = "diverged" if from_events["divergence_step"] is not None else events_status
+        if status == "completed" and from_events["collapse_step"] is not None:
+            status = "collapsed"
         return Outcome(status=status, source="events" if run.has_events else "none", **from_events)
     status = str(summary.get("status", "partial"))
     if status not in STATUSES:
@@ -86,12 +104,16 @@ def outcome(run: Run, target: float) -> Outcome:
     elif status == "completed" and from_events["divergence_step"] is not None:
         status = "diverged"  # the summary's own test may be narrower (non-finite values only)
         note = f"train/loss blew up from step {from_events['divergence_step']}; summary.json says completed"
+    elif status == "completed" and from_events["collapse_step"] is not None:
+        status = "collapsed"
+        note = f"fell back to chance from step {from_events['collapse_step']}; summary.json says completed"
     fields = {
         "final_val_acc": _number(summary.get("final_val_acc")),
         "best_val_acc": _number(summary.get("best_val_acc")),
         "max_grad_norm": _number(summary.get("max_grad_norm")),
         "global_step": _integer(summary.get("global_step")),
         "divergence_step": _integer(summary.get("divergence_step")) if status == "diverged" else None,
+        "collapse_step": _integer(summary.get("collapse_step")) if status == "collapsed" else None,
     }
     if _same_target(summary.get("target_acc"), target):
         fields["steps_to_target"] = _integer(summary.get("steps_to_target"))
@@ -100,6 +122,10 @@ def outcome(run: Run, target: float) -> Outcome:
     merged = {k: v if v is not None else from_events.get(k) for k, v in fields.items()}
     if status == "diverged" and merged["divergence_step"] is None:
         merged["divergence_step"] = from_events["divergence_step"]
+    if status != "collapsed":
+        merged["collapse_step"] = None
+    elif merged["collapse_step"] is None:
+        merged["collapse_step"] = from_events["collapse_step"]
     error = summary.get("error")
     return Outcome(
         status=status,
@@ -122,6 +148,11 @@ def _from_events(scalars: dict[str, Series], target: float, num_classes: Any) ->
     val, loss, grad = scalars.get("val/acc"), scalars.get("train/loss"), scalars.get("grad_norm/global")
     best = scalars.get("val/acc_best")
     steps = [int(s.steps[-1]) for s in scalars.values() if len(s)]
+    collapse = None
+    if val is not None and isinstance(num_classes, int) and num_classes > 1:
+        collapse = accuracy_collapse_step(val.steps, val.values, 1 / num_classes)
+    if collapse is None and loss is not None and np.isfinite(loss.values).all():
+        collapse = loss_collapse_step(loss.steps, loss.values)
     return {
         "status": "completed" if "test/acc" in scalars else "partial",
         "final_val_acc": val.last() if val is not None else None,
@@ -129,6 +160,7 @@ def _from_events(scalars: dict[str, Series], target: float, num_classes: Any) ->
         "test_acc": scalars["test/acc"].last() if "test/acc" in scalars else None,
         "steps_to_target": first_step_at(val, target) if val is not None else None,
         "divergence_step": divergence_step(loss, num_classes) if loss is not None else None,
+        "collapse_step": collapse,
         "max_grad_norm": _max(grad) if grad is not None else None,
         "global_step": max(steps) if steps else None,
     }

@@ -112,12 +112,19 @@ def load_run(run_dir: Path, layer: str | None = None) -> Run:
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """``summary.json`` of a run, or ``None`` when absent or unreadable (a run killed while writing it)."""
+    """``summary.json`` of a run; ``None`` when absent, and a summary with status ``unreadable``
+    when it is not a JSON object (its numbers cannot be trusted, nor the status the events suggest)."""
+    path = run_dir / SUMMARY_FILE
     try:
-        data = json.loads((run_dir / SUMMARY_FILE).read_text())
-    except (OSError, ValueError):
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
-    return data if isinstance(data, dict) else None
+    except (OSError, ValueError) as e:
+        data = e
+    if isinstance(data, dict):
+        return data
+    reason = f"{type(data).__name__}: {data}" if isinstance(data, Exception) else "not a JSON object"
+    return {"status": "unreadable", "error": f"{SUMMARY_FILE} unreadable ({' '.join(reason.split())[:120]})"}
 
 
 def _read_yaml(path: Path) -> Any:
@@ -136,6 +143,8 @@ def _essentials(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         "norm": "model.norm",
         "bn_position": "model.bn_position",
         "model": "model._target_",
+        "depth": "model.depth",
+        "hidden": "model.hidden",
     }
     out = {name: _select(config, key) for name, key in wanted.items()}
     if any(isinstance(v, str) and "${" in v for v in out.values()):
@@ -188,6 +197,16 @@ def activation_module(config: dict[str, Any], layer: str | None) -> str | None:
         and (norm_layers is None or index in norm_layers)
     )
     return f"{name}.{'bn' if has_bn else 'fc'}"
+
+
+def known_layers(run: Run) -> set[str]:
+    """The hidden layers of a run's network that ``--layer`` can name: an MLP's ``layer1``..``layerN``,
+    else the blocks it logged pre-activation percentiles for."""
+    hidden, depth = run.config.get("hidden"), run.config.get("depth")
+    if str(run.config.get("model") or "").endswith("MLP") and (hidden is not None or depth is not None):
+        count = len(hidden) if isinstance(hidden, list) else int(depth)
+        return {f"layer{i}" for i in range(1, count + 1)}
+    return {tag.split("/")[1].rsplit(".", 1)[0] for tag in run.scalars if tag.startswith("act/")}
 
 
 def _logged_module(scalars: dict[str, Series], wanted: str | None, layer: str | None) -> str | None:
