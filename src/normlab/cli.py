@@ -136,8 +136,10 @@ def guarded(task: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     with status ``failed``, and ``None`` is returned.
     """
     try:
-        if in_multirun():  # a single run's directory was claimed before Hydra wrote in it (RunGuard)
-            claim_run_dir(Path(HydraConfig.get().runtime.output_dir), resuming=cfg.get("ckpt_path") is not None)
+        # A single run's directory was claimed before Hydra wrote in it (RunGuard). A sweep's job
+        # directory belongs to its sweep, which resumes a job from the checkpoints found there.
+        if in_multirun():
+            claim_run_dir(Path(HydraConfig.get().runtime.output_dir), resuming=True)
         return task(cfg)
     except (UserError, InstantiationException, OSError) as e:
         if isinstance(e, OSError) and e.errno not in _FILESYSTEM_ERRORS:

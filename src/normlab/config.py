@@ -251,6 +251,7 @@ class TrainSchema:
     optimized_metric: str | None = None
     test_on: TestOn = TestOn.best
     overwrite: bool = False
+    sweep: str | None = None  # names a multirun's directory, outputs/sweeps/<sweep>
     model: Any = None
     data: Any = None
     optimizer: Any = None
