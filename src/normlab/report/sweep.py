@@ -31,7 +31,12 @@ SUMMARY_FILE = "summary.json"
 # Tags every run's outcome and curves come from; percentiles are added per run.
 BASE_TAGS = ("train/loss", "val/acc", "val/acc_best", "val/loss", "test/acc", "grad_norm/global")
 # The first weight layer of the MLP, the CNN and the ResNet: the depth figure's gradient norm.
-FIRST_LAYER_TAGS = ("grad_norm/layer1.fc.parametrizations.weight", "grad_norm/layer1.fc", "grad_norm/conv1.conv", "grad_norm/stem.conv")
+FIRST_LAYER_TAGS = (
+    "grad_norm/layer1.fc.parametrizations.weight",
+    "grad_norm/layer1.fc",
+    "grad_norm/conv1.conv",
+    "grad_norm/stem.conv",
+)
 PERCENTILES = ("p15", "p50", "p85")
 _LAYER = re.compile(r"^layer(\d+)$")
 
