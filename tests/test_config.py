@@ -51,12 +51,25 @@ def test_every_config_option_composes_and_validates(compose_cfg, override):
             OmegaConf.to_container(node, resolve=True)  # every interpolation resolves
 
 
-def test_bn_configs_differ_from_their_baselines_only_in_normalization(compose_cfg):
-    for base, bn in (("baseline_mlp", "bn_mlp"), ("baseline_cnn", "bn_cnn")):
-        a = OmegaConf.to_container(compose_cfg([f"model={base}"]).model, resolve=True)
-        b = OmegaConf.to_container(compose_cfg([f"model={bn}"]).model, resolve=True)
-        differing = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
-        assert differing <= {"norm", "bn"} and "norm" in differing
+NAMED = {
+    "baseline_mlp": ["bn_mlp", "brn_mlp", "ln_mlp", "gn_mlp", "rms_mlp", "wn_mlp"],
+    "baseline_cnn": ["bn_cnn", "ln_cnn", "gn_cnn"],
+    "resnet": ["bn_resnet", "ln_resnet", "gn_resnet"],
+}
+
+
+@pytest.mark.parametrize(("base", "named"), [(b, n) for b, names in NAMED.items() for n in names])
+def test_named_configs_differ_from_their_baselines_only_in_normalization(compose_cfg, base, named):
+    a = OmegaConf.to_container(compose_cfg([f"model={base}"]).model, resolve=True)
+    b = OmegaConf.to_container(compose_cfg([f"model={named}"]).model, resolve=True)
+    differing = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert differing <= {"norm", "bn"} and "norm" in differing
+    assert b["norm"] != "none"
+
+
+def test_norm_options_are_range_checked(compose_cfg):
+    with pytest.raises(ConfigError, match=r"model.renorm.r_max=0.5 is out of range: must be >= 1"):
+        validate(compose_cfg(["model.norm=batch_renorm", "model.renorm.r_max=0.5"]))
 
 
 @pytest.mark.parametrize(
@@ -80,7 +93,8 @@ def test_out_of_range_values_name_key_value_and_rule(compose_cfg, override, key,
     ("override", "expected"),
     [
         ("model.activation=swish", "sigmoid"),  # names the allowed values
-        ("model.norm=layer", "batch"),
+        ("model.norm=instance", "batch_renorm"),
+        ("model.bn_position=post", "bn_position"),  # renamed norm_position
         ("model.depth=three", "model.depth"),
         ("model.dept=3", "dept"),
     ],

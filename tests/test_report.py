@@ -161,11 +161,16 @@ def test_percentiles_come_from_bn_for_the_bn_run_and_fc_for_the_baseline(built):
 @pytest.mark.parametrize(
     ("model", "layer", "expected"),
     [
-        ({"norm": "batch", "bn_position": "pre", "depth": 3}, None, "layer3.bn"),
+        ({"norm": "batch", "norm_position": "pre", "depth": 3}, None, "layer3.bn"),
         ({"norm": "none", "depth": 3}, None, "layer3.fc"),
-        ({"norm": "batch", "bn_position": "post", "depth": 3}, None, "layer3.fc"),
-        ({"norm": "batch", "bn_position": "pre", "hidden": [16, 32], "norm_layers": [2]}, None, "layer2.bn"),
-        ({"norm": "batch", "bn_position": "pre", "hidden": [16, 32], "norm_layers": [2]}, "layer1", "layer1.fc"),
+        ({"norm": "batch", "norm_position": "post", "depth": 3}, None, "layer3.fc"),
+        ({"norm": "batch", "norm_position": "pre", "hidden": [16, 32], "norm_layers": [2]}, None, "layer2.bn"),
+        ({"norm": "batch", "norm_position": "pre", "hidden": [16, 32], "norm_layers": [2]}, "layer1", "layer1.fc"),
+        ({"norm": "layer", "norm_position": "pre", "depth": 2}, None, "layer2.ln"),
+        ({"norm": "group", "norm_position": "post", "depth": 2}, None, "layer2.fc"),
+        ({"norm": "batch_renorm", "depth": 2}, None, "layer2.brn"),
+        ({"norm": "weight", "depth": 2}, None, "layer2.fc"),  # no layer of its own
+        ({"norm": "batch", "bn_position": "post", "depth": 3}, None, "layer3.fc"),  # a run from before norm_position
     ],
 )
 def test_activation_module_is_the_sigmoid_input(model, layer, expected):

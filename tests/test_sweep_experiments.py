@@ -33,6 +33,9 @@ SHRINK = {
     "bad_init": ["model.init_std=0.01,10"],
     "input_scaling": ["data.preprocess=none,standardize"],
     "ioffe2015_mnist": [],
+    "norm_batch_size": ["model.norm=batch,layer", "data.batch_size=4,64"],
+    "norm_depth": ["model.depth=5,20"],
+    "norm_lr_stability": ["model.norm=none,layer", "optimizer.lr=0.3,30"],
 }
 GROUPS = {
     "lr_stability": [f"model={m}, optimizer.lr={lr}" for m in ("baseline_mlp", "bn_mlp") for lr in ("0.3", "30")],
@@ -41,7 +44,11 @@ GROUPS = {
         f"model={m}, data.preprocess={p}" for m in ("baseline_mlp", "bn_mlp") for p in ("none", "standardize")
     ],
     "ioffe2015_mnist": ["model=baseline_mlp", "model=bn_mlp"],
+    "norm_batch_size": [f"model.norm={n}, data.batch_size={b}" for n in ("batch", "layer") for b in (4, 64)],
+    "norm_depth": [f"model.norm={n}, model.depth={d}" for n in ("none", "batch", "layer") for d in (5, 20)],
+    "norm_lr_stability": [f"model.norm={n}, optimizer.lr={lr}" for n in ("none", "layer") for lr in ("0.3", "30")],
 }
+NORM_EXPERIMENTS = ["norm_batch_size", "norm_depth", "norm_lr_stability"]
 
 
 def script_env() -> dict[str, str]:
@@ -87,6 +94,19 @@ def test_reduced_budget_runs_fewer_or_shorter_jobs(name):
     full_jobs, reduced_jobs = (len(jobs(overrides)) for overrides in (grid, grid + reduced))
     shorter = any(o.startswith("trainer.max_steps=") for o in reduced)
     assert reduced_jobs < full_jobs or shorter, reduced
+
+
+@pytest.mark.parametrize("name", NORM_EXPERIMENTS)
+def test_norm_experiment_composes_for_every_family_it_sweeps(compose_cfg, name):
+    params = yaml.safe_load((ROOT / "conf" / "experiment" / f"{name}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    header = (ROOT / "conf" / "experiment" / f"{name}.yaml").read_text()
+    assert "Measured here" in header and f"scripts/{name}.sh" in header
+    assert (ROOT / "scripts" / f"{name}.sh").stat().st_mode & 0o111
+    for family in params["model.norm"].split(","):
+        cfg = compose_cfg([f"experiment={name}", "data=digits", f"model.norm={family}"])
+        assert cfg.model.norm == family and cfg.hydra.mode.name == "MULTIRUN"
+    cfg = compose_cfg([f"experiment={name}", "data=digits"])
+    assert cfg.model._target_ == "normlab.models.MLP" and cfg.model.activation in ("relu", "sigmoid")
 
 
 def jobs(overrides: list[str]) -> list[list[str]]:

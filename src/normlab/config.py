@@ -20,7 +20,8 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from normlab.data.preprocess import Preprocess
 from normlab.errors import ConfigError
-from normlab.models.layers import Activation, BNPosition, Init, Norm
+from normlab.models.layers import Activation, Init
+from normlab.models.norms import Norm, NormPosition
 
 
 def positive(default: Any = MISSING) -> Any:
@@ -51,13 +52,59 @@ class BatchNormSchema:
 
 
 @dataclass
+class BatchRenormSchema:
+    eps: float = positive(1e-5)
+    momentum: float = field(default=0.01, metadata={"gt": 0, "le": 1})
+    r_max: float = at_least(1, 3.0)  # limit on sigma_B / sigma
+    d_max: float = at_least(0, 5.0)  # limit on (mu_B - mu) / sigma
+    warmup_steps: int = at_least(0, 100)  # limits grow from batch norm's (1, 0) over these steps
+    affine: bool = True
+    gamma_init: float = 1.0
+    beta_init: float = 0.0
+
+
+@dataclass
+class LayerNormSchema:
+    eps: float = positive(1e-5)
+    affine: bool = True
+    gamma_init: float = 1.0
+    beta_init: float = 0.0
+
+
+@dataclass
+class GroupNormSchema:
+    groups: int = at_least(1, 4)  # must divide every normalized width
+    eps: float = positive(1e-5)
+    affine: bool = True
+    gamma_init: float = 1.0
+    beta_init: float = 0.0
+
+
+@dataclass
+class RMSNormSchema:
+    eps: float = positive(1e-6)
+    affine: bool = True
+    gamma_init: float = 1.0
+
+
+@dataclass
+class WeightNormSchema:
+    dim: int = 0  # the weight dimension with its own norm (0: per output unit or channel)
+
+
+@dataclass
 class _NetSchema:
     input_shape: list[int] = MISSING
     num_classes: int = at_least(1)
     activation: Activation = Activation.relu
     norm: Norm = Norm.none
-    bn_position: BNPosition = BNPosition.pre
+    norm_position: NormPosition = NormPosition.pre
     bn: BatchNormSchema = field(default_factory=BatchNormSchema)
+    renorm: BatchRenormSchema = field(default_factory=BatchRenormSchema)
+    ln: LayerNormSchema = field(default_factory=LayerNormSchema)
+    gn: GroupNormSchema = field(default_factory=GroupNormSchema)
+    rms: RMSNormSchema = field(default_factory=RMSNormSchema)
+    wn: WeightNormSchema = field(default_factory=WeightNormSchema)
     init: Init = Init.default
     init_std: float = positive(0.01)
 
@@ -69,7 +116,7 @@ class MLPSchema(_NetSchema):
     width: int = at_least(1, 100)
     # per-layer widths; overrides depth and width; [] would silently build a linear model
     hidden: list[int] | None = field(default=None, metadata={"each_ge": 1, "nonempty": True})
-    norm_layers: list[int] | None = each_at_least(1)  # 1-based hidden layers with BN; None: all
+    norm_layers: list[int] | None = each_at_least(1)  # 1-based hidden layers normalized; None: all
 
 
 @dataclass
@@ -77,6 +124,13 @@ class CNNSchema(_NetSchema):
     _target_: str = "normlab.models.CNN"
     channels: list[int] = field(default_factory=lambda: [16, 32], metadata={"each_ge": 1})
     head_width: int = at_least(1, 64)
+
+
+@dataclass
+class ResNetSchema(_NetSchema):
+    _target_: str = "normlab.models.ResNet"
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64], metadata={"each_ge": 1})
+    blocks_per_stage: int = at_least(1, 1)
 
 
 # ----------------------------------------------------------------------------- data
@@ -273,7 +327,7 @@ class EvalSchema:
 
 SCHEMAS = {
     "run": {"train": TrainSchema, "eval": EvalSchema},
-    "model": {"mlp": MLPSchema, "cnn": CNNSchema},
+    "model": {"mlp": MLPSchema, "cnn": CNNSchema, "resnet": ResNetSchema},
     "data": {"digits": DigitsSchema, "synthetic": SyntheticSchema, "mnist": MNISTSchema},
     "optimizer": {"sgd": SGDSchema, "adam": AdamSchema},
     "trainer": {"trainer": TrainerSchema},

@@ -1,4 +1,4 @@
-"""Multi-layer perceptron whose baseline and batch-normalised variants differ only in normalisation."""
+"""Multi-layer perceptron whose baseline and normalized variants differ only in normalization."""
 
 from __future__ import annotations
 
@@ -8,22 +8,15 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from normlab.models.layers import (
-    Activation,
-    BatchNormOptions,
-    BNPosition,
-    Init,
-    Norm,
-    initialize,
-    normalized_block,
-)
+from normlab.models.layers import Activation, Init, initialize, make_activation
+from normlab.models.norms import Norm, NormPosition, NormSpec
 
 
 class MLP(nn.Sequential):
-    """input -> hidden layers -> classes, with batch norm on the chosen hidden layers.
+    """input -> hidden layers -> classes, with a normalization on the chosen hidden layers.
 
-    Modules are named ``layer{i}.fc``, ``layer{i}.bn``, ``layer{i}.act`` (1-based) and ``head``,
-    which is what the diagnostics' tags show.
+    Modules are named ``layer{i}.fc``, ``layer{i}.act`` and the norm's ``layer{i}.bn|brn|ln|gn|rms``
+    (1-based), and ``head``, which is what the diagnostics' tags show.
 
     Args:
         input_shape: shape of one example; it is flattened.
@@ -31,10 +24,12 @@ class MLP(nn.Sequential):
         depth, width: ``depth`` hidden layers of ``width`` units, unless ``hidden`` is given.
         hidden: per-layer widths, e.g. ``[16, 32]``; overrides depth and width.
         activation: sigmoid | relu | tanh.
-        norm: none | batch.
-        bn_position: pre (affine -> BN -> act, no bias) | post (affine -> act -> BN).
-        norm_layers: 1-based hidden layers that get BN when ``norm=batch``; ``None`` means all.
-        bn: eps, momentum, affine, gamma_init, beta_init (see ``BatchNormOptions``).
+        norm: none | batch | batch_renorm | layer | group | rms | weight.
+        norm_position: pre (affine -> norm -> act) | post (affine -> act -> norm); weight: pre only.
+            Batch norm and batch renorm in ``pre`` drop the affine map's bias, which they cancel.
+        norm_layers: 1-based hidden layers that are normalized; ``None`` means all.
+        bn, renorm, ln, gn, rms, wn: options of each family (see ``normlab.models.norms``); only
+            the chosen family's are read.
         init, init_std: weight initialisation scheme and the std of ``normal``.
     """
 
@@ -47,30 +42,22 @@ class MLP(nn.Sequential):
         hidden: Sequence[int] | None = None,
         activation: Activation | str = Activation.sigmoid,
         norm: Norm | str = Norm.none,
-        bn_position: BNPosition | str = BNPosition.pre,
+        norm_position: NormPosition | str = NormPosition.pre,
         norm_layers: Sequence[int] | None = None,
-        bn: BatchNormOptions | dict | None = None,
         init: Init | str = Init.default,
         init_std: float = 0.01,
+        **norm_options: dict | None,
     ) -> None:
         widths = list(hidden) if hidden is not None else [width] * depth
-        bn_options = BatchNormOptions.from_any(bn)
-        bn_layers = set(range(1, len(widths) + 1) if norm_layers is None else norm_layers)
+        spec = NormSpec.build(norm, norm_position, norm_options)
+        chosen = set(range(1, len(widths) + 1) if norm_layers is None else norm_layers)
         layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
         fan_in = math.prod(input_shape)
         for i, w in enumerate(widths, start=1):
-            use_bn = Norm(norm) is Norm.batch and i in bn_layers
-            drop_bias = use_bn and BNPosition(bn_position) is BNPosition.pre
-            parts = normalized_block(
-                nn.Linear(fan_in, w, bias=not drop_bias), w, activation, use_bn, bn_position, bn_options
-            )
-            layers[f"layer{i}"] = nn.Sequential(OrderedDict(zip(_block_names(parts), parts, strict=True)))
+            layer_spec = spec if i in chosen else spec.without()
+            fc = nn.Linear(fan_in, w, bias=not layer_spec.drops_bias)
+            layers[f"layer{i}"] = nn.Sequential(OrderedDict(layer_spec.block(fc, w, make_activation(activation))))
             fan_in = w
         layers["head"] = nn.Linear(fan_in, num_classes)
         super().__init__(layers)
         initialize(self, init, init_std)
-
-
-def _block_names(parts: list[nn.Module]) -> list[str]:
-    names = {nn.Linear: "fc", nn.Conv2d: "conv", nn.BatchNorm1d: "bn", nn.BatchNorm2d: "bn"}
-    return [names.get(type(p), "act") for p in parts]

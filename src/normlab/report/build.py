@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from normlab.errors import UserError
-from normlab.report import figures
+from normlab.report import compare, figures
 from normlab.report.groups import Group, Layout, StabilityLine, group_runs, lr_stability
 from normlab.report.landscape import landscape_figure
 from normlab.report.markdown import render
@@ -24,7 +24,7 @@ class Report:
     """Everything ``report.md`` shows, for code that wants the numbers rather than the page.
 
     ``figures`` maps a figure's name (``val_acc``, ``train_loss``, ``grad_norm``, ``activations``,
-    ``lr_stability``) to its PNG; ``notes`` say what the sweep lacked and what was left out.
+    ``lr_stability``, ``landscape``, ``batch_size``, ``depth``) to its PNG; ``notes`` say what the sweep lacked and what was left out.
     """
 
     sweep_dir: Path
@@ -115,6 +115,8 @@ def _draw(report: Report, where: Path) -> None:
         "lr_stability": lambda p: figures.lr_stability_figure(report.stability, report.target, p),
         "landscape": lambda p: landscape_figure(groups, p),
     }
+    for key, (name, measure) in compare.FIGURES.items():  # a figure per swept number: batch size, depth
+        wanted[name] = lambda p, key=key, measure=measure: compare.sweep_figure(groups, report.layout, key, measure, p)
     for name, draw in wanted.items():
         path = draw(where / f"{name}.png")
         if path is not None:

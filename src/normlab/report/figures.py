@@ -40,7 +40,7 @@ def panels(groups: list[Group]) -> dict[str, list[Group]]:
     return out
 
 
-def _grid(count: int, columns: int | None = None, size: tuple[float, float] = PANEL_SIZE) -> tuple[Figure, list[Axes]]:
+def grid(count: int, columns: int | None = None, size: tuple[float, float] = PANEL_SIZE) -> tuple[Figure, list[Axes]]:
     """A figure of ``count`` panels, ``columns`` to a row. Margins are fixed in inches: matplotlib's
     constrained layout would double the drawing time of a 50-run report."""
     cols = columns or min(count, MAX_COLUMNS)
@@ -57,7 +57,7 @@ def _grid(count: int, columns: int | None = None, size: tuple[float, float] = PA
     return fig, axes[:count]
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
     return path
@@ -69,7 +69,7 @@ def curve_figure(groups: list[Group], tag: str, path: Path, title: str, ylabel: 
         return None
     palette = colors(groups)
     by_panel = panels(groups)
-    fig, axes = _grid(len(by_panel))
+    fig, axes = grid(len(by_panel))
     for ax, (panel, members) in zip(axes, by_panel.items(), strict=True):
         for g in members:
             _draw_band(ax, g, tag, palette[g.compared], log)
@@ -82,7 +82,7 @@ def curve_figure(groups: list[Group], tag: str, path: Path, title: str, ylabel: 
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(title, fontsize=11)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _draw_band(ax: Axes, group: Group, tag: str, color: str, log: bool) -> None:
@@ -138,14 +138,14 @@ def activation_figure(groups: list[Group], path: Path) -> Path | None:
         return None
     by_panel = panels(groups)
     compared = list(dict.fromkeys(g.compared for g in groups))
-    fig, axes = _grid(len(by_panel) * len(compared), columns=len(compared))
+    fig, axes = grid(len(by_panel) * len(compared), columns=len(compared))
     cells = iter(axes)
     for panel, members in by_panel.items():
         by_compared = {g.compared: g for g in members}
         for name in compared:
             _draw_percentiles(next(cells), by_compared.get(name), name, panel)
     fig.suptitle("Pre-activation percentiles (15, 50, 85) of the chosen layer", fontsize=11)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _draw_percentiles(ax: Axes, group: Group | None, compared: str, panel: str) -> None:
@@ -172,7 +172,7 @@ def lr_stability_figure(lines: list[StabilityLine], target: float, path: Path) -
     diverged runs as red crosses, and a dashed line at the largest rate where every seed converged."""
     if not lines:
         return None
-    fig, (ax,) = _grid(1, size=(7.5, 4.2))
+    fig, (ax,) = grid(1, size=(7.5, 4.2))
     for i, line in enumerate(lines):
         _draw_stability(ax, line, f"C{i % 10}")
     if any(status == "diverged" for line in lines for *_, status in line.points):
@@ -188,7 +188,7 @@ def lr_stability_figure(lines: list[StabilityLine], target: float, path: Path) -
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.suptitle("Learning-rate stability", fontsize=11)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _draw_stability(ax: Axes, line: StabilityLine, color: str) -> None:

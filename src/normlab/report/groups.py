@@ -1,8 +1,8 @@
 """Runs grouped by their overrides except the seed, and statistics over each group's seeds.
 
 Overrides shared by every run (``trainer.max_steps=40``) are left out of the labels. Of the ones
-that vary, the *compared* key is ``model`` when it varies (baseline beside BN), else the first
-varying key; the others (the learning rate, say) pick the figure *panel* a group is drawn in.
+that vary, the *compared* key is ``model.norm`` when it varies (one line per normalization), else
+``model`` (baseline beside BN), else the first varying key; the others (the learning rate, say) pick the figure *panel* a group is drawn in.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from normlab.report.outcome import Outcome
 from normlab.report.sweep import Run, override_key
 
 LR_KEY = "optimizer.lr"
+#: keys that make the figures' colours when they vary, first one first
+COMPARED_KEYS = ("model.norm", "model")
 
 
 @dataclass
@@ -79,7 +81,8 @@ def sweep_layout(keys: list[tuple[str, ...]]) -> Layout:
     seen_everywhere = [k for k in values if all(any(override_key(o) == k for o in key) for key in keys)]
     varying = tuple(k for k in values if len(values[k]) > 1 or k not in seen_everywhere)
     common = tuple(sorted(next(iter(values[k])) for k in values if k not in varying))
-    compared = "model" if "model" in varying else (varying[0] if varying else None)
+    preferred = [k for k in COMPARED_KEYS if k in varying]
+    compared = preferred[0] if preferred else (varying[0] if varying else None)
     return Layout(common=common, varying=varying, compared_key=compared)
 
 

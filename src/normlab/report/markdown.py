@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from normlab.report import compare
 from normlab.report.groups import Group, mean_std
 from normlab.report.landscape import CAPTION as LANDSCAPE_CAPTION
 from normlab.report.landscape import landscape_table
@@ -24,6 +25,10 @@ CAPTIONS = {
     "lr_stability": "Final validation accuracy against learning rate; red crosses are diverged runs, dashed "
     "lines the largest rate at which every seed converged.",
     "landscape": LANDSCAPE_CAPTION,
+    "batch_size": "Test accuracy (else the final val/acc) against batch size, one line per compared setting "
+    "(the normalization): the mean over seeds, seeds as dots.",
+    "depth": "The first layer's gradient norm at the first step (at initialization) against depth, one line per "
+    "compared setting (the normalization), log scale: growth with depth is a gradient explosion.",
 }
 
 
@@ -72,7 +77,17 @@ def answers(report: Report) -> list[str]:
         "",
         "**Which diverges:**",
         *(f"- {line}" for line in divergences(report.groups)),
+        "",
+        *swept_numbers(report),
     ]
+
+
+def swept_numbers(report: Report) -> list[str]:
+    """A table per swept number with a figure of its own (batch size, depth)."""
+    out = []
+    for key, (_, measure) in compare.FIGURES.items():
+        out += compare.sweep_table(report.groups, report.layout, key, measure)
+    return out
 
 
 def faster(groups: list[Group], target: float) -> list[str]:

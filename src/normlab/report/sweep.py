@@ -30,6 +30,13 @@ except AttributeError:  # pragma: no cover - PyYAML built without libyaml
 SUMMARY_FILE = "summary.json"
 # Tags every run's outcome and curves come from; percentiles are added per run.
 BASE_TAGS = ("train/loss", "val/acc", "val/acc_best", "val/loss", "test/acc", "grad_norm/global")
+# The first weight layer of the MLP, the CNN and the ResNet: the depth figure's gradient norm.
+FIRST_LAYER_TAGS = (
+    "grad_norm/layer1.fc.parametrizations.weight",
+    "grad_norm/layer1.fc",
+    "grad_norm/conv1.conv",
+    "grad_norm/stem.conv",
+)
 PERCENTILES = ("p15", "p50", "p85")
 _LAYER = re.compile(r"^layer(\d+)$")
 
@@ -104,7 +111,7 @@ def load_run(run_dir: Path, layer: str | None = None) -> Run:
     run = Run(name=run_dir.name, path=run_dir, overrides=overrides, config=_essentials(config, run_dir))
     run.summary = read_summary(run_dir)
     module = activation_module(config, layer)
-    tags = [*BASE_TAGS, *(f"act/{module}/{p}" for p in PERCENTILES if module)]
+    tags = [*BASE_TAGS, *FIRST_LAYER_TAGS, *(f"act/{module}/{p}" for p in PERCENTILES if module)]
     run.has_events = bool(event_files(run_dir))
     run.scalars = read_scalars(run_dir, tags, prefixes=() if module else ("act/",))
     run.activation_module = _logged_module(run.scalars, module, layer)
@@ -141,7 +148,7 @@ def _essentials(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         "lr": "optimizer.lr",
         "num_classes": "data.num_classes",
         "norm": "model.norm",
-        "bn_position": "model.bn_position",
+        "norm_position": "model.norm_position",
         "model": "model._target_",
         "depth": "model.depth",
         "hidden": "model.hidden",
@@ -176,10 +183,15 @@ def _select(node: Any, dotted: str) -> Any:
     return node
 
 
+# normlab.models.norms.LAYER_NAMES, repeated so that reading a sweep does not import torch
+LAYER_NAMES = {"batch": "bn", "batch_renorm": "brn", "layer": "ln", "group": "gn", "rms": "rms"}
+
+
 def activation_module(config: dict[str, Any], layer: str | None) -> str | None:
     """The module whose output is the sigmoid's input in ``layer`` of an MLP, e.g. ``layer3.bn``.
 
-    That is the batch norm when the layer has one before its nonlinearity, else the affine map.
+    That is the norm layer when the layer has one before its nonlinearity (``layer3.bn``,
+    ``layer3.ln``), else the affine map. Runs from before ``norm_position`` read ``bn_position``.
     ``None`` for other networks: the report then picks from the tags the run logged.
     """
     model = config.get("model") or {}
@@ -191,12 +203,10 @@ def activation_module(config: dict[str, Any], layer: str | None) -> str | None:
     match = _LAYER.match(name)
     index = int(match.group(1)) if match else None
     norm_layers = model.get("norm_layers")
-    has_bn = (
-        model.get("norm") == "batch"
-        and model.get("bn_position", "pre") == "pre"
-        and (norm_layers is None or index in norm_layers)
-    )
-    return f"{name}.{'bn' if has_bn else 'fc'}"
+    position = model.get("norm_position", model.get("bn_position", "pre"))
+    norm_name = LAYER_NAMES.get(model.get("norm"))
+    has_norm = norm_name is not None and position == "pre" and (norm_layers is None or index in norm_layers)
+    return f"{name}.{norm_name if has_norm else 'fc'}"
 
 
 def known_layers(run: Run) -> set[str]:

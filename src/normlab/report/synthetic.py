@@ -86,7 +86,7 @@ def write_run(
     config = {
         "seed": seed,
         "model": {"_target_": "normlab.models.MLP", "depth": depth, "width": 100, "hidden": None,
-                  "norm": "batch" if bn else "none", "bn_position": "pre", "norm_layers": None},
+                  "norm": "batch" if bn else "none", "norm_position": "pre", "norm_layers": None},
         "data": {"num_classes": 10},
         "optimizer": {"_target_": "torch.optim.SGD", "lr": lr},
     }  # fmt: skip
