@@ -12,12 +12,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from normlab.cli import as_plain, guarded
 from normlab.config import register_schemas, validate
 from normlab.console import quiet_known_noise
+from normlab.entrypoints import as_plain, guarded
 from normlab.errors import ConfigError
-from normlab.module import Classifier
 from normlab.runs import config_dir, find_checkpoint, register_resolvers
+from normlab.tasks import task_class
 
 register_schemas()
 register_resolvers()
@@ -42,7 +42,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     L.seed_everything(cfg.seed, verbose=False)
     datamodule = instantiate(data_config(cfg, checkpoint))
     datamodule.prepare_data()
-    module = Classifier.load_from_checkpoint(path, map_location="cpu")
+    module = task_class(cfg, checkpoint).load_from_checkpoint(path, map_location="cpu")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     metrics: dict[str, float] = {}
     for results in (

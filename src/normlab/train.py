@@ -13,19 +13,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from normlab.cli import as_plain, build_logger, guarded, log_hparams, print_summary
 from normlab.config import register_schemas, validate
 from normlab.console import quiet_known_noise, show_config
+from normlab.entrypoints import as_plain, build_logger, guarded, log_hparams, print_summary
 from normlab.errors import ConfigError
-from normlab.module import Classifier
 from normlab.runs import config_dir, find_checkpoint, register_resolvers
+from normlab.tasks import TaskRecord, build_task
 
 register_schemas()
 register_resolvers()
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and c.get("_target_")]
+    chosen = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and c.get("_target_")]
+    return [*chosen, TaskRecord()]  # normlab-eval reads the LightningModule's class from the checkpoint
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -40,12 +41,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     datamodule.save_hyperparameters(as_plain(cfg.data), logger=False)  # lets normlab-eval rebuild it
     datamodule.prepare_data()  # a missing dataset fails here, before anything is written
-    module = Classifier(
-        net=as_plain(cfg.model),
-        num_classes=cfg.data.num_classes,
-        optimizer=as_plain(cfg.optimizer),
-        scheduler=as_plain(cfg.get("scheduler")),
-    )
+    module = build_task(cfg)
     logger = build_logger(cfg)
     trainer: L.Trainer = instantiate(cfg.trainer, logger=logger, callbacks=build_callbacks(cfg))
     log_hparams(trainer, cfg)

@@ -8,14 +8,16 @@ with no path, so that the report can show them as missing.
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -225,16 +227,26 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]]:
     sweeper = _select(config, "hydra.sweeper") or {}
     if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
         return []  # optuna and other sweepers decide their jobs as they go
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
     task = [str(o) for o in _select(config, "hydra.overrides.task") or ()]
     try:
-        parsed = OverridesParser.create().parse_overrides(params + task)
-        return BasicSweeper.split_arguments(parsed, None)[0]
+        return _grid(OverridesParser.create().parse_overrides(params + task))
     except (HydraException, OmegaConfBaseException):  # another Hydra's syntax: report what is on disk
         return []
+
+
+def _grid(overrides: list[Override]) -> list[list[str]]:
+    """The jobs of a grid over parsed overrides, in the order Hydra's basic sweeper launches them."""
+    choices = []
+    for override in overrides:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep():  # a range or interval: the basic sweeper refuses it too
+                raise HydraException(f"{key} is not a list of values")
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([f"{key}={override.get_value_element_as_str()}"])
+    return [list(job) for job in itertools.product(*choices)]
 
 
 def _config_from(overrides: list[str]) -> dict[str, Any]:
@@ -253,7 +265,3 @@ def _number(text: str | None) -> float | int | None:
     except ValueError:
         return None
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
-def is_finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
