@@ -30,12 +30,12 @@ import warnings
 
 import lightning as L
 import torch
-from benchmark_common import fit_bare
 
-from normlab.data import RandomDataModule
+from benchmark_common import fit_bare
+from normlab.classifier import Classifier
 from normlab.diagnostics import TrainingDiagnostics
 from normlab.diagnostics.writer import use_fast_checksums
-from normlab.module import Classifier
+from random_data import RandomDataModule
 
 NET = {"_target_": "normlab.models.MLP", "input_shape": [1, 28, 28], "num_classes": 10, "norm": "batch"}
 OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.01}

@@ -24,13 +24,13 @@ from typing import Any
 
 import lightning as L
 import torch
-from benchmark_common import fit_bare
 
+from benchmark_common import fit_bare
 from normlab import diagnostics
-from normlab.data import RandomDataModule
+from normlab.classifier import Classifier
 from normlab.diagnostics import LandscapeProbes
 from normlab.diagnostics.landscape import INSTRUMENTS
-from normlab.module import Classifier
+from random_data import RandomDataModule
 
 BATCH = 60
 OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}

@@ -1,6 +1,6 @@
 """Seconds ``normlab-report`` takes on a sweep of 50 runs of 2000 steps each (goal: under 10 s).
 
-The sweep is synthetic (``normlab.report.synthetic``): 2 models x 5 learning rates x 5 seeds, with
+The sweep is synthetic (``synthetic_sweep``): 2 models x 5 learning rates x 5 seeds, with
 ``train/loss`` every step, the diagnostics' activation statistics, gradient norms and histograms
 every 10 steps, and two diverged runs. The report is built ``--repeats`` times; the median counts.
 
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from normlab.report import build_report
-from normlab.report.synthetic import write_sweep
+from synthetic_sweep import write_sweep
 
 LRS = (0.01, 0.1, 1.0, 3.0, 10.0)
 

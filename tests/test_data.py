@@ -14,7 +14,6 @@ from normlab.data import (
     DigitsDataModule,
     InputScaler,
     MNISTDataModule,
-    RandomDataModule,
     Split,
     SyntheticDataModule,
     TensorBatchLoader,
@@ -23,6 +22,7 @@ from normlab.data.base import InMemoryDataModule
 from normlab.data.download import DownloadError, download
 from normlab.data.idx import IDXFormatError, read_idx, write_idx
 from normlab.errors import DataError
+from random_data import RandomDataModule
 
 
 # ----------------------------------------------------------------------------- loader

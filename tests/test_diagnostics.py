@@ -23,11 +23,11 @@ from tensorboard.plugins.custom_scalar.layout_pb2 import Layout as CustomScalars
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from normlab.classifier import Classifier
 from normlab.config import DiagnosticsSchema, validate
 from normlab.data import DigitsDataModule
 from normlab.diagnostics import TrainingDiagnostics
 from normlab.errors import ConfigError
-from normlab.module import Classifier
 
 
 class PlainNet(L.LightningModule):
@@ -303,8 +303,8 @@ ALTERNATE = """
 import lightning as L
 from benchmark_common import fit_bare
 from benchmark_diagnostics import BATCH, NET, OPTIMIZER, Alternate
-from normlab.data import RandomDataModule
-from normlab.module import Classifier
+from random_data import RandomDataModule
+from normlab.classifier import Classifier
 
 class Steps(L.Callback):
     def __init__(self):

@@ -20,13 +20,13 @@ from lightning.pytorch.loggers import Logger
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from normlab.classifier import Classifier
 from normlab.config import validate
 from normlab.data import DigitsDataModule
 from normlab.data.loader import TensorBatchLoader
 from normlab.diagnostics import LandscapeProbes
 from normlab.diagnostics.landscape import INSTRUMENTS
 from normlab.errors import ConfigError
-from normlab.module import Classifier
 
 ALL_AT = dict.fromkeys(INSTRUMENTS, 1)
 

@@ -9,7 +9,7 @@ import pytest
 
 from normlab.diagnostics.summary import merge_json
 from normlab.report import build_report
-from normlab.report.synthetic import write_sweep
+from synthetic_sweep import write_sweep
 
 PROBES = (0, 20, 40)
 

@@ -287,9 +287,10 @@ def test_a_failure_after_hydra_created_the_run_directory_leaves_no_folder(tmp_pa
 
 # 11 -----------------------------------------------------------------------------------------
 def test_report_calls_a_garbage_summary_unreadable_and_names_the_layers(tmp_path, capsys):
+    from normlab.report.synthetic import write_sweep
+
     from normlab.report import build_report
     from normlab.report.cli import main as report_main
-    from normlab.report.synthetic import write_sweep
 
     sweep = tmp_path / "sweep"
     write_sweep(sweep, steps=60, diverge=[("baseline_mlp", 1.0, 1)])

@@ -1,4 +1,5 @@
-"""The README's "Use this template" recipes work as written: its model, dataset and diagnostic train together.
+"""The README's "Use this template" recipes work as written: its model, dataset and diagnostic train together,
+and its regression task trains and evaluates through the unchanged entry points.
 
 Each recipe block starts with a comment naming its file. The test writes the Python files as
 top-level modules in a temporary folder (``normlab.models.logreg`` becomes ``logreg``, so nothing is
@@ -18,6 +19,7 @@ from omegaconf import open_dict
 from helpers import read_scalars
 from normlab import config
 from normlab.errors import ConfigError
+from normlab.evaluate import evaluate
 from normlab.train import train
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -39,7 +41,7 @@ def recipes(tmp_path, monkeypatch) -> Path:
         for p in blocks
         if p.endswith(".py") and p != "src/normlab/config.py"
     }
-    assert set(modules.values()) == {"logreg", "iris", "param_norm"}, sorted(blocks)
+    assert set(modules.values()) == {"logreg", "iris", "param_norm", "regressor", "linear"}, sorted(blocks)
 
     def local(text: str) -> str:
         for dotted, stem in modules.items():
@@ -91,3 +93,21 @@ def test_readme_schema_checks_the_new_model_and_mlps_take_the_new_data(recipes, 
     datamodule.setup("fit")
     x, y = next(iter(datamodule.train_dataloader()))
     assert x.shape == (8, 4) and instantiate(cfg.model)(x).shape == (8, 3)
+
+
+def test_readme_regression_task_trains_and_evaluates_without_touching_the_entry_points(recipes, compose_cfg, tmp_path):
+    search = f"hydra.searchpath=[file://{recipes}]"
+    cfg = compose_cfg([search, "task=regression", "data=linear", "trainer.max_steps=200", "callbacks=[checkpoint]"])
+    with open_dict(cfg):
+        del cfg["hydra"]
+    metrics = train(cfg)
+
+    assert type(metrics["test/loss"]) is float and "test/acc" not in metrics
+    logged = dict(read_scalars(tmp_path / "run"))
+    first, last = logged["train/loss"][0][1], logged["train/loss"][-1][1]
+    assert last < first / 4, (first, last)  # it learns the linear map
+    best = next((tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))
+
+    evaluated = evaluate(compose_cfg([search, f"ckpt_path={best}"], config_name="eval"))
+    assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-5)
+    assert evaluated["val/loss"] < first

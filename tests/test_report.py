@@ -18,7 +18,7 @@ from normlab.report.events import Series
 from normlab.report.groups import lr_stability
 from normlab.report.outcome import divergence_step, first_step_at, outcome
 from normlab.report.sweep import activation_module
-from normlab.report.synthetic import write_sweep
+from synthetic_sweep import write_sweep
 
 FIGURES = {"val_acc", "train_loss", "grad_norm", "activations", "lr_stability"}
 

@@ -15,7 +15,7 @@ from hydra.types import RunMode
 from omegaconf import read_write
 
 from helpers import run_entry
-from normlab.cli import guarded
+from normlab.entrypoints import guarded
 from normlab.errors import ConfigError
 from normlab.report import build_report, read_scalars
 from normlab.sweep_callbacks import TorchThreads, threads_per_job

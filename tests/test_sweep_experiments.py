@@ -18,7 +18,7 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from helpers import run_entry
-from normlab.report.synthetic import write_sweep
+from synthetic_sweep import write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [

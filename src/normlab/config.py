@@ -306,6 +306,7 @@ class TrainSchema:
     test_on: TestOn = TestOn.best
     overwrite: bool = False
     sweep: str | None = None  # names a multirun's directory, outputs/sweeps/<sweep>
+    task: Any = None  # the LightningModule (conf/task)
     model: Any = None
     data: Any = None
     optimizer: Any = None
@@ -321,6 +322,7 @@ class EvalSchema:
 
     ckpt_path: str = MISSING
     seed: int = at_least(0, 0)
+    task: Any = None  # null: the LightningModule class the checkpoint names
     data: Any = None
     trainer: Any = None
 

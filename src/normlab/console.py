@@ -94,11 +94,12 @@ class StepProgressBar(RichProgressBar):
         Trainer(max_steps=1500, callbacks=[StepProgressBar(leave=False)])
     """
 
-    def _get_train_description(self, current_epoch: int) -> str:
-        max_epochs = self.trainer.max_epochs
-        if max_epochs is not None and max_epochs >= 0:
-            return super()._get_train_description(current_epoch)
-        return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        budget = trainer.max_epochs
+        if (budget is None or budget < 0) and self.progress is not None and self.train_progress_bar_id is not None:
+            label = f"Epoch {trainer.current_epoch}"  # padded like Lightning's, so the bars line up
+            self.progress.update(self.train_progress_bar_id, description=f"{label:{len(self.validation_description)}}")
 
     def get_metrics(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, int | str | float]:
         metrics = super().get_metrics(trainer, pl_module)

@@ -13,12 +13,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from normlab.checkpoints import read_checkpoint
-from normlab.cli import as_plain, guarded, hydra_entry_point
 from normlab.config import register_schemas, validate
 from normlab.console import quiet_known_noise
+from normlab.entrypoints import as_plain, guarded, hydra_entry_point
 from normlab.errors import ConfigError
-from normlab.module import Classifier
 from normlab.runs import config_dir, find_checkpoint, register_resolvers
+from normlab.tasks import task_class
 
 register_schemas()
 register_resolvers()
@@ -57,7 +57,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_data_fits(checkpoint, path, data)
     datamodule = instantiate(data)
     datamodule.prepare_data()
-    module = Classifier.load_from_checkpoint(path, map_location="cpu")
+    module = task_class(cfg, checkpoint).load_from_checkpoint(path, map_location="cpu")
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[], enable_checkpointing=False)
     metrics: dict[str, float] = {}
     for results in (

@@ -23,7 +23,7 @@ from normlab.runs import claim_run_dir
 
 class RunGuard(Callback):
     """Validate the config, then create and lock the run directory (single runs; each job of a
-    multirun claims its own directory when it starts, see ``normlab.cli.guarded``)."""
+    multirun claims its own directory when it starts, see ``normlab.entrypoints.guarded``)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:

@@ -18,7 +18,11 @@ from omegaconf import DictConfig
 
 from normlab.checkpoint_io import AtomicCheckpointIO
 from normlab.checkpoints import check_fits, read_checkpoint
-from normlab.cli import (
+from normlab.collapse import accuracy_collapse_step
+from normlab.config import register_schemas, validate
+from normlab.console import quiet_known_noise, show_config
+from normlab.diagnostics.summary import merge_json
+from normlab.entrypoints import (
     as_plain,
     build_logger,
     guarded,
@@ -28,21 +32,18 @@ from normlab.cli import (
     print_summary,
     resume_command,
 )
-from normlab.collapse import accuracy_collapse_step
-from normlab.config import register_schemas, validate
-from normlab.console import quiet_known_noise, show_config
-from normlab.diagnostics.summary import merge_json
 from normlab.errors import ConfigError
-from normlab.module import Classifier
 from normlab.runs import config_dir, find_checkpoint, keep_restart_point, register_resolvers
 from normlab.sweep_resume import latest_checkpoint
+from normlab.tasks import TaskRecord, build_task
 
 register_schemas()
 register_resolvers()
 
 
 def build_callbacks(cfg: DictConfig) -> list[L.Callback]:
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and c.get("_target_")]
+    chosen = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c and c.get("_target_")]
+    return [*chosen, TaskRecord()]  # normlab-eval reads the LightningModule's class from the checkpoint
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -58,12 +59,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule.save_hyperparameters(as_plain(cfg.data), logger=False)  # lets normlab-eval rebuild it
     datamodule.prepare_data()  # a missing dataset fails here, before anything is written
     check_batches(datamodule, cfg.data.batch_size)
-    module = Classifier(
-        net=as_plain(cfg.model),
-        num_classes=cfg.data.num_classes,
-        optimizer=as_plain(cfg.optimizer),
-        scheduler=as_plain(cfg.get("scheduler")),
-    )
+    module = build_task(cfg)
     if checkpoint is not None:
         check_fits(checkpoint, ckpt_path, module, cfg.optimizer.get("_target_"))
         if cfg.ckpt_path == "last":

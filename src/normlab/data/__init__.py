@@ -5,7 +5,6 @@ from normlab.data.digits import DigitsDataModule
 from normlab.data.loader import TensorBatchLoader
 from normlab.data.mnist import FashionMNISTDataModule, MNISTDataModule
 from normlab.data.preprocess import InputScaler, Preprocess
-from normlab.data.random import RandomDataModule
 from normlab.data.synthetic import SyntheticDataModule
 
 __all__ = [
@@ -15,7 +14,6 @@ __all__ = [
     "InputScaler",
     "MNISTDataModule",
     "Preprocess",
-    "RandomDataModule",
     "Split",
     "SyntheticDataModule",
     "TensorBatchLoader",

@@ -145,14 +145,12 @@ def _restore_attributes(attrs: dict[str, Any], state: dict[str, tuple[Any, Any]]
         attrs[name] = value
 
 
-def _metric_state(metric: Metric) -> tuple[dict[str, Any], int, Any]:
-    # torchmetrics updates its states in place and has no public way to set its update counter
-    # back, hence the private attributes.
-    values = {k: v.clone() if isinstance(v, Tensor) else [t.clone() for t in v] for k, v in metric.metric_state.items()}
-    return values, metric._update_count, metric._computed
+def _metric_state(metric: Metric) -> dict[str, Any]:
+    # torchmetrics updates its states in place, so they are cloned; the metric's other attributes
+    # (its update counter, its cached result) are plain attributes, put back with every other one.
+    return {k: v.clone() if isinstance(v, Tensor) else [t.clone() for t in v] for k, v in metric.metric_state.items()}
 
 
-def _restore_metric(metric: Metric, state: tuple[dict[str, Any], int, Any]) -> None:
-    values, metric._update_count, metric._computed = state
+def _restore_metric(metric: Metric, values: dict[str, Any]) -> None:
     for name, value in values.items():
         setattr(metric, name, value)

@@ -2,45 +2,20 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from normlab.errors import UserError
 from normlab.report import compare, figures
-from normlab.report.groups import Group, Layout, StabilityLine, group_runs, lr_stability
+from normlab.report.contents import Report
+from normlab.report.groups import group_runs, lr_stability
 from normlab.report.landscape import landscape_figure
 from normlab.report.markdown import render
-from normlab.report.outcome import Outcome, outcome, summary_target
+from normlab.report.outcome import outcome, summary_target
 from normlab.report.study import study_lines
-from normlab.report.sweep import Run, known_layers, load_runs
+from normlab.report.sweep import known_layers, load_runs
 
 REPORT_FILE = "report.md"
 FIGURE_DIR = "figures"
-
-
-@dataclass
-class Report:
-    """Everything ``report.md`` shows, for code that wants the numbers rather than the page.
-
-    ``figures`` maps a figure's name (``val_acc``, ``train_loss``, ``grad_norm``, ``activations``,
-    ``lr_stability``, ``landscape``, ``batch_size``, ``depth``) to its PNG; ``notes`` say what the sweep lacked and what was left out.
-    """
-
-    sweep_dir: Path
-    target: float
-    runs: list[Run]
-    outcomes: list[Outcome]
-    groups: list[Group]
-    layout: Layout
-    stability: list[StabilityLine]
-    figures: dict[str, Path] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    path: Path | None = None
-    study: list[str] = field(default_factory=list)  # the Optuna study's section, for an Optuna sweep
-
-    def status_counts(self) -> Counter:
-        return Counter(o.status for o in self.outcomes)
 
 
 def build_report(

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from normlab.report.figures import PANEL_SIZE, colors, grid, save
+from normlab.report.figures import PANEL_SIZE, colors, panel_grid, save
 from normlab.report.groups import Group, Layout, _sort_value
 from normlab.report.outcome import Outcome
 from normlab.report.sweep import FIRST_LAYER_TAGS, Run, override_key
@@ -87,7 +87,7 @@ def sweep_figure(groups: list[Group], layout: Layout, key: str, measure: Measure
         return None
     palette = colors(groups)
     panel_names = list(dict.fromkeys(p.panel for p in found))
-    fig, axes = grid(len(panel_names), size=(6.4, 3.8) if len(panel_names) == 1 else PANEL_SIZE)
+    fig, axes = panel_grid(len(panel_names), size=(6.4, 3.8) if len(panel_names) == 1 else PANEL_SIZE)
     for ax, panel in zip(axes, panel_names, strict=True):
         for compared in dict.fromkeys(p.compared for p in found):
             line = sorted((p for p in found if p.panel == panel and p.compared == compared), key=lambda p: p.x)

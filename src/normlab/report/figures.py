@@ -17,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 
-from normlab.report.groups import Group, StabilityLine, band
+from normlab.report.groups import Group, StabilityLine, band, mean_std
 from normlab.report.sweep import PERCENTILES
 
 DPI = 110
@@ -40,7 +40,9 @@ def panels(groups: list[Group]) -> dict[str, list[Group]]:
     return out
 
 
-def grid(count: int, columns: int | None = None, size: tuple[float, float] = PANEL_SIZE) -> tuple[Figure, list[Axes]]:
+def panel_grid(
+    count: int, columns: int | None = None, size: tuple[float, float] = PANEL_SIZE
+) -> tuple[Figure, list[Axes]]:
     """A figure of ``count`` panels, ``columns`` to a row. Margins are fixed in inches: matplotlib's
     constrained layout would double the drawing time of a 50-run report."""
     cols = columns or min(count, MAX_COLUMNS)
@@ -69,7 +71,7 @@ def curve_figure(groups: list[Group], tag: str, path: Path, title: str, ylabel: 
         return None
     palette = colors(groups)
     by_panel = panels(groups)
-    fig, axes = grid(len(by_panel))
+    fig, axes = panel_grid(len(by_panel))
     for ax, (panel, members) in zip(axes, by_panel.items(), strict=True):
         for g in members:
             _draw_band(ax, g, tag, palette[g.compared], log)
@@ -138,7 +140,7 @@ def activation_figure(groups: list[Group], path: Path) -> Path | None:
         return None
     by_panel = panels(groups)
     compared = list(dict.fromkeys(g.compared for g in groups))
-    fig, axes = grid(len(by_panel) * len(compared), columns=len(compared))
+    fig, axes = panel_grid(len(by_panel) * len(compared), columns=len(compared))
     cells = iter(axes)
     for panel, members in by_panel.items():
         by_compared = {g.compared: g for g in members}
@@ -172,7 +174,7 @@ def lr_stability_figure(lines: list[StabilityLine], target: float, path: Path) -
     diverged runs as red crosses, and a dashed line at the largest rate where every seed converged."""
     if not lines:
         return None
-    fig, (ax,) = grid(1, size=(7.5, 4.2))
+    fig, (ax,) = panel_grid(1, size=(7.5, 4.2))
     for i, line in enumerate(lines):
         _draw_stability(ax, line, f"C{i % 10}")
     if any(status == "diverged" for line in lines for *_, status in line.points):
@@ -208,5 +210,5 @@ def _draw_stability(ax: Axes, line: StabilityLine, color: str) -> None:
 
 
 def _mean(values: list[float | None]) -> float:
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan
+    stats = mean_std(values)  # the finite values only, as everywhere in the report
+    return math.nan if stats is None else stats[0]

@@ -11,11 +11,10 @@ import math
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from normlab.report.events import Series
-from normlab.report.figures import DPI, PANEL_SIZE, colors
+from normlab.report.figures import colors, panel_grid
+from normlab.report.format import mean_pm_std, row
 from normlab.report.groups import Group, band, mean_std
 from normlab.report.sweep import Run
 
@@ -57,13 +56,8 @@ def landscape_figure(groups: list[Group], path: Path) -> Path | None:
         return None
     palette = colors(groups)
     styles = {panel: ("-", "--", ":", "-.")[i % 4] for i, panel in enumerate(dict.fromkeys(g.panel for g in groups))}
-    width, height = PANEL_SIZE[0] * 2, PANEL_SIZE[1] * 2 + 0.4
-    fig = Figure(figsize=(width, height), dpi=DPI)
-    FigureCanvasAgg(fig)
-    fig.subplots_adjust(
-        left=0.85 / width, right=1 - 0.2 / width, bottom=0.5 / height, top=1 - 0.75 / height, wspace=0.32, hspace=0.5
-    )
-    for ax, (key, (title, log)) in zip(fig.subplots(2, 2).ravel(), PANELS.items(), strict=True):
+    fig, axes = panel_grid(len(PANELS), columns=2)
+    for ax, (key, (title, log)) in zip(axes, PANELS.items(), strict=True):
         for g in groups:
             stats = band([s for s in (history(r, key) for r in g.runs) if s is not None])
             if stats is None:
@@ -102,22 +96,14 @@ def landscape_table(groups: list[Group]) -> list[str]:
     rows = [header, ["---"] * len(header)]
     for g in groups:
         finals = [landscape(r).get("final", {}) for r in g.runs if landscape(r)]
-        cells = [_mean([f.get(key) for f in finals]) for key in TABLE]
-        ics = [_mean_of([v for k, v in f.items() if k.startswith("ics/") and k.endswith("/cos")]) for f in finals]
-        rows.append([g.label, f"{len(finals)}/{len(g.runs)}", *cells, _mean(ics)])
-    lines = ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+        cells = [mean_pm_std([f.get(key) for f in finals], ".4g", ".2g") for key in TABLE]
+        ics = [_mean([v for k, v in f.items() if k.startswith("ics/") and k.endswith("/cos")]) for f in finals]
+        rows.append([g.label, f"{len(finals)}/{len(g.runs)}", *cells, mean_pm_std(ics, ".4g", ".2g")])
+    lines = [row(r) for r in rows]
     intro = "Each instrument's value at the last probe of a run, mean ± std over seeds (`landscape` in `summary.json`)."
     return ["## Landscape", "", intro, "", *lines, ""]
 
 
-def _mean_of(values: list[float | None]) -> float | None:
+def _mean(values: list[float | None]) -> float | None:
     stats = mean_std(values)
     return None if stats is None else stats[0]
-
-
-def _mean(values: list[float | None]) -> str:
-    stats = mean_std(values)
-    if stats is None:
-        return "n/a"
-    mean, std, n = stats
-    return f"{mean:.4g} ± {std:.2g}" if n > 1 else f"{mean:.4g}"

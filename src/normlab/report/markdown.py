@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from normlab.report import compare
+from normlab.report.format import mean_pm_std, number, row
 from normlab.report.groups import Group, mean_std
 from normlab.report.landscape import CAPTION as LANDSCAPE_CAPTION
 from normlab.report.landscape import landscape_table
 
 if TYPE_CHECKING:
-    from normlab.report.build import Report
+    from normlab.report.contents import Report
 
 CAPTIONS = {
     "val_acc": "Validation accuracy against step, per group: mean over seeds, band from min to max.",
@@ -116,8 +117,8 @@ def tolerance(report: Report) -> list[str]:
     if not report.stability:
         return ["only one learning rate in this sweep"]
     return [
-        f"{line.label}: {_number(line.largest_stable_lr) if line.largest_stable_lr is not None else 'none'}"
-        f" (tried {', '.join(_number(lr) for lr in sorted({p[0] for p in line.points}))})"
+        f"{line.label}: {number(line.largest_stable_lr) if line.largest_stable_lr is not None else 'none'}"
+        f" (tried {', '.join(number(lr) for lr in sorted({p[0] for p in line.points}))})"
         for line in report.stability
     ]
 
@@ -147,14 +148,14 @@ def group_table(groups: list[Group], target: float) -> list[str]:
         rows.append([
             g.label,
             _counts(o),
-            _mean_std([x.final_val_acc for x in o]),
-            _mean_std([x.best_val_acc for x in o]),
-            _mean_std([x.test_acc for x in o]),
+            mean_pm_std([x.final_val_acc for x in o]),
+            mean_pm_std([x.best_val_acc for x in o]),
+            mean_pm_std([x.test_acc for x in o]),
             f"{reached[0]:.0f} ({reached[2]}/{len(o)})" if reached else f"never (0/{len(o)})",
             f"{len(diverged)}/{len(o)}" + (f" (seed {', '.join(diverged)})" if diverged else ""),
-            _number(max(norms)) if norms else "not logged",
+            number(max(norms)) if norms else "not logged",
         ])  # fmt: skip
-    return [_row(r) for r in rows]
+    return [row(r) for r in rows]
 
 
 def run_table(report: Report) -> list[str]:
@@ -166,14 +167,14 @@ def run_table(report: Report) -> list[str]:
             ", ".join(run.overrides),
             str(run.seed) if run.seed is not None else "",
             o.status,
-            _number(o.final_val_acc),
-            _number(o.best_val_acc),
+            number(o.final_val_acc),
+            number(o.best_val_acc),
             "" if o.global_step is None else str(o.global_step),
             "" if o.divergence_step is None else str(o.divergence_step),
             o.source,
             o.error or o.note or ("never started" if o.status == "missing" else ""),
         ])  # fmt: skip
-    return [_row(r) for r in rows]
+    return [row(r) for r in rows]
 
 
 def _counts(outcomes) -> str:
@@ -183,25 +184,5 @@ def _counts(outcomes) -> str:
     return f"{len(outcomes)}" + (f" ({done} completed, {extra})" if extra else "")
 
 
-def _mean_std(values) -> str:
-    stats = mean_std(values)
-    if stats is None:
-        return "n/a"
-    mean, std, n = stats
-    return f"{mean:.4f} ± {std:.4f}" if n > 1 else f"{mean:.4f}"
-
-
-def _number(value: float | None) -> str:
-    if value is None:
-        return ""
-    if math.isinf(value) or math.isnan(value):
-        return str(value)
-    return f"{value:.4g}"
-
-
 def _code(items) -> str:
     return ", ".join(f"`{i}`" for i in items)
-
-
-def _row(cells: list[str]) -> str:
-    return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"

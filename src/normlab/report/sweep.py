@@ -9,13 +9,13 @@ with no path, so that the report can show them as missing.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -254,8 +254,6 @@ def expected_jobs(sweep_dir: Path) -> list[list[str]]:
     sweeper = _select(config, "hydra.sweeper") or {}
     if not str(sweeper.get("_target_", "")).endswith(("BasicSweeper", "GridSweeper")):
         return []  # optuna and other sweepers decide their jobs as they go
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
     from hydra_plugins.normlab_sweepers.grid import grid_jobs
 
     params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
@@ -282,7 +280,3 @@ def _number(text: str | None) -> float | int | None:
     except ValueError:
         return None
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
-def is_finite(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -76,7 +76,7 @@ def log_hparams(trainer: L.Trainer, cfg: DictConfig) -> None:
     metrics = list(HPARAM_METRICS)
     for callback in trainer.callbacks:
         metrics += [m for m in getattr(callback, "hparam_metrics", ()) if m not in metrics]
-    writer = logger.experiment._get_file_writer()
+    writer = logger.experiment.file_writer  # made with the SummaryWriter (the hparams go beside the scalars)
     for summary in hparams(flat_hparams(cfg), dict.fromkeys(metrics, 0.0)):
         writer.add_summary(summary)
 

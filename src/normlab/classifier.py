@@ -50,14 +50,6 @@ class Classifier(L.LightningModule):
         self.train_acc.persistent(True)  # a checkpoint saved after validation resumes the epoch's accuracy
         self._pending: list[tuple[Tensor, Tensor]] = []  # training (predictions, targets) not yet in train_acc
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets `_current_fx_name` around each of the dozen hook calls of a step, and
-        # nn.Module.__setattr__ searches parameters, buffers and submodules every time.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
     def transfer_batch_to_device(self, batch: tuple[Tensor, Tensor], device: torch.device, dataloader_idx: int) -> Any:
         # Batches are (inputs, targets) pairs: move both directly instead of walking the batch
         # as an arbitrary collection, which a small network would notice in its step time.
