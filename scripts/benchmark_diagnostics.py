@@ -34,7 +34,7 @@ from benchmark_common import fit_bare
 
 from normlab.data import RandomDataModule
 from normlab.diagnostics import TrainingDiagnostics
-from normlab.diagnostics.writer import use_fast_checksums
+from normlab.diagnostics.output import use_fast_checksums
 from normlab.module import Classifier
 
 NET = {"_target_": "normlab.models.MLP", "input_shape": [1, 28, 28], "num_classes": 10, "norm": "batch"}
