@@ -677,3 +677,11 @@ def test_merge_json_keeps_other_keys(tmp_path) -> None:
     assert (data["max_grad_norm"], data["final_grad_norm"], data["steps_to_target"]) == (2.0, None, 20)
     assert (data["best_val_acc"], data["final_val_acc"]) == (0.95, 0.95)
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
+
+
+def test_tied_parameters_are_counted_once_in_their_first_module() -> None:
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight  # the output layer shares the embedding
+    with pytest.warns(UserWarning, match=r"tied parameters are counted once.*1.weight is 0.weight"):
+        layers = parameter_layers(model)
+    assert [layer.name for layer in layers] == ["0"] and layers[0].params == [model[0].weight]
