@@ -25,8 +25,11 @@ import argparse
 import itertools
 import json
 import statistics
+import subprocess
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -34,7 +37,7 @@ import torch
 from benchmark_common import fit_bare
 from normlab.classifier import Classifier
 from normlab.diagnostics import TrainingDiagnostics
-from normlab.diagnostics.writer import use_fast_checksums
+from normlab.diagnostics.output import use_fast_checksums
 from random_data import RandomDataModule
 
 NET = {"_target_": "normlab.models.MLP", "input_shape": [1, 28, 28], "num_classes": 10, "norm": "batch"}
@@ -149,6 +152,22 @@ def alternating(datamodule: RandomDataModule, every: int, blocks: int, steps: in
     return alternate
 
 
+def peak_memory_mb(every: int, steps: int) -> float:
+    """Peak resident memory (MiB) of a fresh process training ``steps`` steps, with the diagnostics
+    every ``every`` steps (0: none): each arm in a process of its own, since the peak never falls."""
+    code = (
+        "import resource, sys, warnings; warnings.filterwarnings('ignore'); sys.argv = ['x'];"
+        "import benchmark_diagnostics as b, torch; torch.set_num_threads(1);"
+        "from random_data import RandomDataModule; from normlab.diagnostics import TrainingDiagnostics;"
+        f"d = RandomDataModule(batch_size=b.BATCH); d.setup(); e = {every};"
+        f"b.step_seconds(d, {steps}, 1, [TrainingDiagnostics(log_every_n_steps=e)] if e else []);"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    here = str(Path(__file__).resolve().parent)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=here, check=True)
+    return round(int(out.stdout.split()[-1]) / 1024, 1)  # ru_maxrss is in KiB on Linux
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=40, help="timed blocks with the diagnostics, per cadence")
@@ -156,6 +175,7 @@ def main() -> None:
     parser.add_argument("--naive-steps", type=int, default=150, help="steps per run of the (slow) naive reference")
     parser.add_argument("--warmup", type=int, default=5, help="first steps of a naive run left out of the timing")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the cores are shared)")
+    parser.add_argument("--memory-steps", type=int, default=300, help="steps of each peak-memory run (0: none)")
     parser.add_argument("--json", action="store_true", help="print a JSON object as the last line")
     args = parser.parse_args()
     if args.blocks < 1 or args.block_steps < 1 or args.block_steps % max(CADENCES):
@@ -195,6 +215,11 @@ def main() -> None:
             "none": median_ms([t for n in CADENCES for t in runs[n].ratios(0)[1]]),
             **{str(n): median_ms(runs[n].ratios(0)[0]) for n in CADENCES},
         },
+        "peak_memory_mb": (
+            {k: peak_memory_mb(n, args.memory_steps) for k, n in (("none", 0), ("1", 1), ("50", 50))}
+            if args.memory_steps
+            else {}
+        ),
         "blocks": args.blocks,
         "block_steps": args.block_steps,
         "threads": args.threads,
@@ -209,6 +234,12 @@ def main() -> None:
         print(
             f"every {n:>2} steps: ours {result['overhead'][key]:.3f}x (half the blocks in {spread}; wall "
             f"{result['overhead_wall'][key]:.3f}x)   naive add_histogram {result['naive'][key]:.2f}x"
+        )
+    if result["peak_memory_mb"]:
+        memory = result["peak_memory_mb"]
+        print(
+            f"peak resident memory ({args.memory_steps} steps, a process each): without {memory['none']} MiB, "
+            f"every 50 steps {memory['50']} MiB, every step {memory['1']} MiB"
         )
     if args.json:
         print(json.dumps(result))

@@ -290,13 +290,28 @@ def test_training_runs_have_the_diagnostics_and_their_ranges_are_checked(compose
 
 def test_benchmark_prints_the_overhead_ratios_as_json() -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_diagnostics.py"
-    args = ["--blocks", "2", "--block-steps", "50", "--naive-steps", "12", "--warmup", "2", "--json"]
+    args = [
+        "--blocks",
+        "2",
+        "--block-steps",
+        "50",
+        "--naive-steps",
+        "12",
+        "--warmup",
+        "2",
+        "--memory-steps",
+        "20",
+        "--json",
+    ]
     proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for key in ("overhead", "overhead_wall", "naive"):
         assert set(result[key]) == {"1", "10", "50"} and all(v > 0 for v in result[key].values())
     assert "every  1 steps: ours" in proc.stdout
+    assert set(result["peak_memory_mb"]) == {"none", "1", "50"} and all(
+        v > 0 for v in result["peak_memory_mb"].values()
+    )
 
 
 ALTERNATE = """

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
 from tensorboard.summary.writer import record_writer
 from torch import nn
@@ -19,6 +19,7 @@ from normlab.diagnostics import stats
 from normlab.diagnostics.activations import FINE, ActivationLayout
 from normlab.diagnostics.callback import _activation_rows, _Step
 from normlab.diagnostics.divergence import locate_gradient, locate_loss
+from normlab.diagnostics.output import Histogram, Outputs, masked_crc32c, use_fast_checksums
 from normlab.diagnostics.parameters import ParameterLayout
 from normlab.diagnostics.stats import Bins, Chunks, SegmentedHistogram
 from normlab.diagnostics.summary import RunSummary, merge_json
@@ -30,7 +31,6 @@ from normlab.diagnostics.watch import (
     parameter_layers,
     select_modules,
 )
-from normlab.diagnostics.writer import SummaryTemplate, _masked_crc32c, use_fast_checksums, write_summaries
 from normlab.models import MLP
 
 RNG = np.random.default_rng(0)
@@ -604,43 +604,48 @@ def test_locate_loss_follows_the_evidence_in_causal_order() -> None:
 
 
 # ----------------------------------------------------------------------------- output
-def test_summary_template_encodes_what_protobuf_decodes() -> None:
-    edges = [np.linspace(-1, 1, 5), np.linspace(0, 1, 5)]
-    template = SummaryTemplate(["a/b", "x" * 300], [("act/h1", edges[0]), ("act/h2", edges[1])])
-    scalars = np.array([[1.5, -2.0], [3.0, 1e-8]])
-    histograms = RNG.uniform(0, 9, (2, 2, 7))
-    for encoded, row, hist in zip(template.encode(scalars, histograms), scalars, histograms, strict=True):
-        values = Summary.FromString(bytes(encoded)).value
-        assert [v.tag for v in values] == ["a/b", "x" * 300, "act/h1", "act/h2"]
-        np.testing.assert_allclose([v.simple_value for v in values[:2]], row, rtol=1e-7)
-        for v, e, h in zip(values[2:], edges, hist, strict=True):
-            assert (v.histo.min, v.histo.max, v.histo.num, v.histo.sum, v.histo.sum_squares) == (e[0], e[-1], *h[:3])
-            assert list(v.histo.bucket_limit) == list(e[1:]) and list(v.histo.bucket) == list(h[3:])
+def test_histogram_proto_is_what_add_histogram_raw_writes() -> None:
+    edges, counts = np.linspace(-1, 1, 5), np.array([1.0, 0, 2, 3])
+    proto = Histogram(edges, counts, 6, 1.5, 4.0).proto()
+    assert (proto.min, proto.max, proto.num, proto.sum, proto.sum_squares) == (-1, 1, 6, 1.5, 4.0)
+    assert list(proto.bucket_limit) == list(edges[1:]) and list(proto.bucket) == list(counts)
 
 
 def test_fast_checksums_equal_tensorboards_own() -> None:
     assert use_fast_checksums()
     for size in (0, 1, 7, 8, 1000, 40_000):
         data = RNG.integers(0, 256, size, dtype=np.uint8).tobytes()
-        assert _masked_crc32c(data) == pywrap_tensorflow.masked_crc32c(data)
+        assert masked_crc32c(data) == pywrap_tensorflow.masked_crc32c(data)
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["google-crc32c", "tensorboard-checksums"])
-def test_written_summaries_read_back_with_either_checksums(tmp_path, monkeypatch, fast: bool) -> None:
+def test_written_steps_read_back_with_either_checksums(tmp_path, monkeypatch, fast: bool) -> None:
     use_fast_checksums()
     if not fast:
         monkeypatch.setattr(record_writer, "masked_crc32c", pywrap_tensorflow.masked_crc32c)
     logger = TensorBoardLogger(tmp_path, name="", version="")
-    template = SummaryTemplate(["a", "b"], [("h", np.linspace(0, 1, 5))])
-    steps = [0, 127, 128, 20_000]  # step numbers of one to three varint bytes
-    scalars = np.arange(8.0).reshape(4, 2)
-    histograms = np.tile(np.array([4.0, 2.0, 1.5, 1, 1, 2, 0]), (4, 1, 1))
-    write_summaries(logger, list(zip(steps, template.encode(scalars, histograms), strict=True)))
-    logger.experiment.flush()
+    outputs = Outputs(SimpleNamespace(loggers=[logger]))
+    steps = [0, 127, 128, 20_000]
+    for step in steps:
+        hist = Histogram(np.linspace(0, 1, 5), np.array([1.0, 1, 2, 0]), 4, 2.0, 1.5)
+        outputs.write(step, {"a": float(step), "b": 2.0 * step}, {"h": hist})
+    outputs.flush()
     events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0})
     events.Reload()
-    assert [(e.step, e.value) for e in events.Scalars("b")] == list(zip(steps, scalars[:, 1], strict=True))
+    assert [(e.step, e.value) for e in events.Scalars("b")] == [(s, 2.0 * s) for s in steps]
     assert [list(e.histogram_value.bucket) for e in events.Histograms("h")] == [[1, 1, 2, 0]] * 4
+
+
+def test_a_logger_without_histograms_gets_the_scalars_and_one_warning(tmp_path) -> None:
+    logger = CSVLogger(tmp_path, name="", version="")
+    outputs = Outputs(SimpleNamespace(loggers=[logger]))
+    hist = Histogram(np.linspace(0, 1, 3), np.array([1.0, 1]), 2, 1.0, 0.5)
+    with pytest.warns(UserWarning, match="CSVLogger shows no histograms") as caught:
+        outputs.write(0, {"a": 1.0}, {"h": hist})
+        outputs.write(1, {"a": 2.0}, {"h": hist})
+    assert len(caught) == 1
+    logger.save()
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["a,step", "1.0,0", "2.0,1"]
 
 
 def test_activation_rows_join_the_statistics_of_a_few_steps_and_pick_the_records_rows() -> None:
@@ -672,3 +677,11 @@ def test_merge_json_keeps_other_keys(tmp_path) -> None:
     assert (data["max_grad_norm"], data["final_grad_norm"], data["steps_to_target"]) == (2.0, None, 20)
     assert (data["best_val_acc"], data["final_val_acc"]) == (0.95, 0.95)
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
+
+
+def test_tied_parameters_are_counted_once_in_their_first_module() -> None:
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight  # the output layer shares the embedding
+    with pytest.warns(UserWarning, match=r"tied parameters are counted once.*1.weight is 0.weight"):
+        layers = parameter_layers(model)
+    assert [layer.name for layer in layers] == ["0"] and layers[0].params == [model[0].weight]

@@ -25,7 +25,6 @@ ALLOWED = {
     ("diagnostics/parameters.py", "torch._foreach_copy_"): "torch's fused multi-tensor ops, no public twin",
     ("diagnostics/parameters.py", "torch._foreach_sub_"): "torch's fused multi-tensor ops, no public twin",
     ("diagnostics/stats.py", "torch._foreach_norm"): "torch's fused multi-tensor ops, no public twin",
-    ("diagnostics/writer.py", "logger.experiment._get_file_writer"): "TensorBoard's event writer (issue 13)",
 }
 
 

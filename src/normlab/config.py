@@ -9,9 +9,12 @@ and ``validate`` checks them all before anything runs.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import enum
+import inspect
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -238,55 +241,69 @@ class TrainerSchema:
 
 
 # ----------------------------------------------------------------------------- callbacks
-@dataclass
-class LandscapeSchema:
-    """``normlab.diagnostics.LandscapeProbes``: each instrument's cadence in optimizer steps, 0 = off."""
-
-    _target_: str = "normlab.diagnostics.LandscapeProbes"
-    loss_variation: int = at_least(0, 0)
-    grad_predictiveness: int = at_least(0, 0)
-    beta_smoothness: int = at_least(0, 0)
-    ics: int = at_least(0, 0)
-    sharpness: int = at_least(0, 0)
-    lr_multiples: list[float] = field(default_factory=lambda: [0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0])
-    power_iterations: int = at_least(1, 20)
-    tolerance: float = positive(1e-3)
-    ics_layers: list[str] | None = None
-    loss_fn: Any = None  # a partial callable, fn(module, batch) -> loss; None: the training_step's loss
-    summary_path: str | None = None
-
-
 class OnNonfinite(str, enum.Enum):
     stop = "stop"  # stop the Trainer cleanly at the first non-finite loss or gradient
     warn = "warn"  # record it, warn once and go on
 
 
-@dataclass
-class DiagnosticsSchema:
-    """``normlab.diagnostics.TrainingDiagnostics``: what it watches, how often, and what it does
-    when a loss or gradient stops being finite."""
+def schema_of(cls: type, limits: dict[str, dict], types: dict[str, Any] | None = None) -> type:
+    """A Hydra schema whose fields and defaults are ``cls``'s constructor's, so that the defaults
+    live in one place (the signature). ``limits`` adds range metadata per field (checked by
+    ``validate``); ``types`` overrides a field's type (an enum that Hydra checks while composing)."""
+    hints = typing.get_type_hints(cls.__init__)
+    fields: list[tuple] = [("_target_", str, field(default=f"{cls.__module__.rsplit('.', 1)[0]}.{cls.__name__}"))]
+    for name, param in inspect.signature(cls).parameters.items():
+        kind = (types or {}).get(name) or _config_type(hints[name])
+        meta = limits.get(name, {})
+        if isinstance(param.default, list | tuple):
+            value = field(default_factory=lambda d=param.default: list(d), metadata=meta)
+        else:
+            value = field(default=param.default, metadata=meta)
+        fields.append((name, kind, value))
+    return dataclasses.make_dataclass(f"{cls.__name__}Schema", fields)
 
-    _target_: str = "normlab.diagnostics.TrainingDiagnostics"
-    log_every_n_steps: int = at_least(1, 50)
-    dense_every_n_steps: int = at_least(1, 10)
-    dense_until_step: int = at_least(0, 50)
-    types: list[str] = field(
-        default_factory=lambda: [
-            *("Linear", "Conv1d", "Conv2d", "Conv3d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm"),
-            *("ReLU", "ReLU6", "LeakyReLU", "ELU", "GELU", "SiLU", "Sigmoid", "Tanh"),
-        ]
+
+def _config_type(hint: Any) -> Any:
+    """The type OmegaConf can check for a constructor's annotation: sequences become lists,
+    ``X | None`` stays optional, anything else it cannot type (a callable) is ``Any``."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        inner = _config_type(rest[0]) if len(rest) == 1 else Any
+        return Any if inner is Any else typing.Optional[inner]  # noqa: UP045 (OmegaConf reads Optional)
+    if typing.get_origin(hint) in (list, tuple, collections.abc.Sequence):
+        return list[_config_type(args[0])] if args else list[Any]
+    return hint if hint in (int, float, bool, str) else Any
+
+
+def _diagnostics_schemas() -> tuple[type, type]:
+    from normlab.diagnostics import LandscapeProbes, TrainingDiagnostics
+
+    landscape = schema_of(
+        LandscapeProbes,
+        {
+            **{k: {"ge": 0} for k in ("loss_variation", "grad_predictiveness", "beta_smoothness", "ics", "sharpness")},
+            "power_iterations": {"ge": 1},
+            "tolerance": {"gt": 0},
+        },
     )
-    include: list[str] = field(default_factory=lambda: ["*"])
-    exclude: list[str] = field(default_factory=list)
-    bins: int = at_least(1, 80)
-    hist_range: list[float] = field(default_factory=lambda: [-8.0, 8.0])
-    percentiles: list[float] = field(default_factory=lambda: [15.0, 50.0, 85.0], metadata={"each_ge": 0})
-    saturation_threshold: float = field(default=0.95, metadata={"gt": 0, "lt": 1})
-    on_nonfinite: OnNonfinite = OnNonfinite.stop
-    reduce_histograms: bool = True
-    val_metric: str = "val/acc"
-    target_acc: float = at_least(0, 0.9)
-    summary_path: str | None = None
+    diagnostics = schema_of(
+        TrainingDiagnostics,
+        {
+            "log_every_n_steps": {"ge": 1},
+            "dense_every_n_steps": {"ge": 1},
+            "dense_until_step": {"ge": 0},
+            "bins": {"ge": 1},
+            "percentiles": {"each_ge": 0},
+            "saturation_threshold": {"gt": 0, "lt": 1},
+            "target_acc": {"ge": 0},
+        },
+        {"on_nonfinite": OnNonfinite},
+    )
+    return landscape, diagnostics
+
+
+LandscapeSchema, DiagnosticsSchema = _diagnostics_schemas()
 
 
 # ----------------------------------------------------------------------------- the run itself

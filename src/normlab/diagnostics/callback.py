@@ -13,23 +13,18 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor
 
 from normlab.diagnostics.activations import ActivationLayout
-from normlab.diagnostics.divergence import batch_is_finite, locate_gradient, locate_loss
+from normlab.diagnostics.divergence import batch_finite, locate_gradient, locate_loss
+from normlab.diagnostics.output import Histogram, Outputs, custom_scalars_layout, use_fast_checksums
 from normlab.diagnostics.parameters import ParameterLayout
 from normlab.diagnostics.stats import Bins
 from normlab.diagnostics.summary import HPARAM_METRICS, RunSummary, merge_json
 from normlab.diagnostics.watch import DEFAULT_TYPES, ActivationRecorder, parameter_layers, select_modules
-from normlab.diagnostics.writer import (
-    SummaryTemplate,
-    custom_scalars_layout,
-    tensorboard_logger,
-    use_fast_checksums,
-    write_summaries,
-)
 
 ON_NONFINITE = ("stop", "warn")
 # Logging steps whose numbers wait on the device, to be moved to the host and written together:
@@ -47,13 +42,13 @@ class _Step:
     layout: ActivationLayout | None = None
     activations: tuple[dict[str, Tensor], int] | None = None  # its layout's statistics, (steps, size) each; its row
     params: dict[str, Any] | None = None
-    loss: float | None = None
+    loss: Tensor | None = None  # on the device until written
 
     def group(self) -> tuple:
         """Steps of one group have tensors of the same shapes: their numbers are derived together."""
         params = tuple(k for k, v in self.params.items() if isinstance(v, Tensor)) if self.params else ()
         present = self.params["present"] if self.params else None
-        return (id(self.layout), present, params, self.loss is not None)
+        return (id(self.layout), present, params)
 
 
 class TrainingDiagnostics(L.Callback):
@@ -132,6 +127,7 @@ class TrainingDiagnostics(L.Callback):
         val_metric: str = "val/acc",
         target_acc: float = 0.9,
         summary_path: str | None = None,
+        fast_checksums: bool = True,
     ) -> None:
         if log_every_n_steps < 1 or dense_every_n_steps < 1 or dense_until_step < 0:
             raise ValueError(
@@ -158,6 +154,7 @@ class TrainingDiagnostics(L.Callback):
         self.reduce_histograms = reduce_histograms
         self.val_metric = val_metric
         self.summary_path = summary_path
+        self.fast_checksums = fast_checksums
         self.summary = RunSummary(target_acc=target_acc)
         self.hparam_metrics = list(HPARAM_METRICS)
 
@@ -165,7 +162,8 @@ class TrainingDiagnostics(L.Callback):
         self._parameters = ParameterLayout([])
         self._layouts: dict[tuple, ActivationLayout] = {}
         self._last_layout: tuple[tuple[int, ...] | None, ActivationLayout | None] = (None, None)
-        self._templates: dict[tuple, SummaryTemplate] = {}
+        self._outputs: Outputs | None = None
+        self._first_nonfinite: Tensor | None = None  # step of the first non-finite loss, on the device; -1: none
         self._pending: _Step | None = None  # the logging step under way
         self._binning: list[_Step] = []  # steps whose outputs wait in their layout's rows
         self._unwritten: list[_Step] = []
@@ -187,14 +185,14 @@ class TrainingDiagnostics(L.Callback):
         self._layouts, self._last_layout = {}, (None, None)  # a layout knows the modules of one model
         self._parameters = ParameterLayout(parameter_layers(pl_module))
         self._scaler = getattr(trainer.precision_plugin, "scaler", None) is not None
-        logger = tensorboard_logger(trainer)
-        self._writing = logger is not None and not trainer.fast_dev_run
-        if self._writing:
+        self._writing = bool(trainer.loggers) and not trainer.fast_dev_run
+        self._outputs = Outputs(trainer)
+        if self._writing and self.fast_checksums:
             use_fast_checksums()
-        log_dir = trainer.log_dir  # a collective under DDP: resolved here, on every rank
-        self._summary_file = Path(self.summary_path or Path(log_dir or trainer.default_root_dir) / "summary.json")
-        if logger is None:
-            rank_zero_warn("TrainingDiagnostics: no TensorBoardLogger, so only divergence and summary.json are kept")
+        self._first_nonfinite = None
+        self._summary_file = Path(self.summary_path or run_directory(trainer) / "summary.json")
+        if not trainer.loggers:
+            rank_zero_warn("TrainingDiagnostics: no logger, so only divergence and summary.json are kept")
         if any(isinstance(m, torch.nn.DataParallel) for m in pl_module.modules()):
             rank_zero_warn(
                 "TrainingDiagnostics: the modules under nn.DataParallel are not watched (it copies them into "
@@ -206,9 +204,7 @@ class TrainingDiagnostics(L.Callback):
             modules = [w.name for w in self._recorder.watched]
             layers = [layer.name for layer in self._parameters.layers]
             percentiles = [f"p{q:g}" for q in self.percentiles]
-            tensorboard_logger(trainer).experiment.add_custom_scalars(
-                custom_scalars_layout(modules, percentiles, layers)
-            )
+            self._outputs.custom_scalars(custom_scalars_layout(modules, percentiles, layers))
 
     def _loss_scale(self, trainer: L.Trainer) -> float:
         """The factor by which a GradScaler multiplied the loss handed to ``on_before_backward``."""
@@ -241,16 +237,40 @@ class TrainingDiagnostics(L.Callback):
             start = time.perf_counter()
             self._capture_activations(trainer)
             record.seconds += time.perf_counter() - start
-        loss_value = loss.item()  # the one sync of an ordinary step
+        loss = loss.detach()
         if record is not None and record.loss is None:
-            record.loss = loss_value / self._loss_scale(trainer)
-        if not math.isfinite(loss_value) and not self.summary.diverged:
-            step = trainer.global_step
-            if record is None and self._computes(trainer):  # keep this step's weights and gradients
-                self._pending = _Step(step)
-            activations = self._activations_finite(step)
-            layer, source, back = locate_loss(batch_is_finite(self._batch), activations, self._parameters.layers)
-            self._diverged(trainer, max(step - back, 0), layer, source)
+            record.loss = loss.float() / self._loss_scale(trainer)
+        # no read from the device here: the first non-finite loss's step, and whether its batch was
+        # finite, wait on the device until a logging step reads them
+        step = trainer.global_step
+        if self._first_nonfinite is None:
+            self._first_nonfinite = torch.tensor([-1, 1], dtype=torch.int64, device=loss.device)
+        first = self._first_nonfinite
+        new = (first[0] < 0) & ~torch.isfinite(loss)
+        torch.where(
+            new,
+            torch.stack([loss.new_tensor(step, dtype=torch.int64), batch_finite(self._batch, loss.device)]),
+            first,
+            out=first,
+        )
+        if record is not None and record.step == step:
+            self._check_loss(trainer)
+
+    def _check_loss(self, trainer: L.Trainer) -> None:
+        """Read the first non-finite loss's step (on logging steps only) and trace it to a layer."""
+        if self._first_nonfinite is None or self.summary.diverged:
+            return
+        bad, batch_ok = self._first_nonfinite.tolist()
+        if bad < 0:
+            return
+        if bad == trainer.global_step:  # this step's recorded outputs are still at hand
+            if self._pending is None and self._computes(trainer):  # keep this step's weights and gradients
+                self._pending = _Step(bad)
+            activations = self._activations_finite(bad)
+        else:  # found after the fact: the weights tell which layer an update corrupted
+            activations = []
+        layer, source, back = locate_loss(bool(batch_ok), activations, self._parameters.layers)
+        self._diverged(trainer, max(bad - back, 0), layer, source)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: Any) -> None:
         record = self._pending
@@ -281,6 +301,7 @@ class TrainingDiagnostics(L.Callback):
             if self._recorder.attached:  # a batch without a backward pass
                 self._capture_activations(trainer)
             if trainer.global_step > record.step:  # the optimizer has stepped: the update is known
+                self._check_loss(trainer)
                 self._pending = None
                 if record.params is not None:  # a logging step next takes the update with its own norms
                     self._parameters.after_step(record.params, wait=self.is_logging_step(trainer.global_step))
@@ -297,6 +318,7 @@ class TrainingDiagnostics(L.Callback):
             self._write(trainer)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check_loss(trainer)
         if self._unwritten:
             self._write(trainer)
 
@@ -400,14 +422,22 @@ class TrainingDiagnostics(L.Callback):
         derived = [
             (group, *self._group_values(group, host)) for group, host in zip(members, _to_host(device), strict=True)
         ]
+        with_loss = [r for r in records if r.loss is not None]
+        losses = torch.stack([r.loss for r in with_loss]).double().cpu().tolist() if with_loss else []
+        loss_of = {r.step: value for r, value in zip(with_loss, losses, strict=True)}
         shared = (time.perf_counter() - start) / len(records)  # the host's work, split among the steps
-        events: dict[int, bytes] = {}
+        out: dict[int, tuple[dict[str, float], dict[str, Histogram]]] = {}
         for members, tags, table, histograms, specs in derived:
-            seconds = np.array([[r.seconds + shared] for r in members]) * 1000
-            template = self._template([*tags, "diag/time_ms"], specs)
-            encoded = template.encode(np.concatenate([table, seconds], axis=1), histograms)
-            events.update({r.step: data for r, data in zip(members, encoded, strict=True)})
-        write_summaries(tensorboard_logger(trainer), [(r.step, events[r.step]) for r in records])
+            for i, record in enumerate(members):
+                scalars = dict(zip(tags, table[i].tolist(), strict=True))
+                if record.step in loss_of:
+                    scalars["diag/loss"] = loss_of[record.step]
+                scalars["diag/time_ms"] = (record.seconds + shared) * 1000
+                rows = histograms[i] if histograms is not None else []
+                hists = {tag: Histogram(edges, h[3:], *h[:3]) for (tag, edges), h in zip(specs, rows, strict=True)}
+                out[record.step] = (scalars, hists)
+        for record in records:  # in step order: TensorBoard drops what follows a step that goes back
+            self._outputs.write(record.step, *out[record.step])
 
     def _device_tensors(self, records: list[_Step]) -> dict[str, Tensor]:
         """The device tensors of steps of one group, ``(steps, size)`` each, by name."""
@@ -438,18 +468,8 @@ class TrainingDiagnostics(L.Callback):
             tags += first.layout.tags
             columns.append(values)
             specs = first.layout.histogram_specs
-        if first.loss is not None:
-            tags.append("diag/loss")
-            columns.append(np.array([[r.loss] for r in records]))
         table = np.concatenate(columns, axis=1) if columns else np.zeros((len(records), 0))
         return tags, table, histograms, specs
-
-    def _template(self, tags: list[str], histograms: list) -> SummaryTemplate:
-        key = (tuple(tags), tuple(tag for tag, _ in histograms))
-        template = self._templates.get(key)
-        if template is None:
-            template = self._templates[key] = SummaryTemplate(tags, histograms)
-        return template
 
     # ------------------------------------------------------------------------- divergence
     def _diverged(self, trainer: L.Trainer, step: int, layer: str, source: str) -> None:
@@ -471,6 +491,7 @@ class TrainingDiagnostics(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._recorder.detach()
+        self._check_loss(trainer)
         self._pending = None  # a step the optimizer never finished
         if self._unwritten:
             self._write(trainer)
@@ -485,11 +506,9 @@ class TrainingDiagnostics(L.Callback):
     @rank_zero_only
     def _write_summary(self, trainer: L.Trainer) -> None:
         merge_json(self._summary_file, self.summary.as_dict())
-        logger = tensorboard_logger(trainer)
-        if logger is not None:
-            scalars = self.summary.hparam_scalars()
-            data = SummaryTemplate(list(scalars)).encode(np.array([list(scalars.values())]))[0]
-            write_summaries(logger, [(trainer.global_step, data)])
+        if self._writing:
+            self._outputs.write(trainer.global_step, self.summary.hparam_scalars())
+            self._outputs.flush()
         if self.summary.diverged:
             print(
                 f"diverged at step {self.summary.divergence_step} in layer {self.summary.divergence_layer}", flush=True
@@ -503,6 +522,15 @@ class TrainingDiagnostics(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.summary.load(state_dict.get("summary", {}))
+
+
+def run_directory(trainer: L.Trainer) -> Path:
+    """The run's own directory: a TensorBoard or CSV logger's version directory, else the Trainer's
+    ``default_root_dir`` (W&B and MLflow keep their files in folders that many runs share)."""
+    log_dir = trainer.log_dir  # a collective under DDP: resolved on every rank
+    if trainer.loggers and isinstance(trainer.loggers[0], (TensorBoardLogger, CSVLogger)) and log_dir:
+        return Path(log_dir)
+    return Path(trainer.default_root_dir)
 
 
 def _to_host(groups: list[dict[str, Tensor]]) -> list[dict[str, np.ndarray]]:

@@ -1,6 +1,8 @@
 """Where the first non-finite value of a run came from, read from what the step left behind.
 
-Every step checks its loss (one number moved to the host). A non-finite loss is traced back in the
+Every step checks its loss on the device; the step of the first non-finite one is read on the next
+logging step, so that no step waits for the device. Between logging steps only the batch's
+finiteness is kept with it, and the layer is named from the weights the next logging step finds. A non-finite loss is traced back in the
 order in which a step produces its values: the input batch; the watched modules' outputs, in the
 order they ran (recorded on logging steps only); the weights, which a finite loss before this step
 means the previous optimizer update corrupted; otherwise the forward pass overflowed somewhere
@@ -24,11 +26,15 @@ def all_finite(tensors: Sequence[Tensor]) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors)
 
 
-def batch_is_finite(batch: Any) -> bool:
-    """Whether every floating-point tensor in a (nested) batch is finite."""
+def batch_finite(batch: Any, device: torch.device) -> Tensor:
+    """Whether every floating-point tensor in a (nested) batch is finite: a 0/1 integer on the
+    device, so that nobody waits for it."""
     tensors: list[Tensor] = []
     apply_to_collection(batch, Tensor, lambda t: tensors.append(t) if t.is_floating_point() else None)
-    return all_finite(tensors)
+    if not tensors:
+        return torch.ones((), dtype=torch.int64, device=device)
+    flags = [torch.isfinite(t).all() for t in tensors]
+    return (torch.stack(flags).all() if len(flags) > 1 else flags[0]).long()
 
 
 def locate_loss(

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -110,12 +111,25 @@ def select_modules(
 def parameter_layers(root: nn.Module) -> list[Layer]:
     """Trainable parameters grouped by the module that registers them, in registration order.
 
-    A parameter of ``root`` itself forms a layer named after the parameter.
+    A parameter of ``root`` itself forms a layer named after the parameter. A parameter shared by
+    several modules (tied weights) belongs to the first that registers it, and is counted once,
+    with a warning naming the modules that share it.
     """
     layers: list[Layer] = []
     raw: list[str] = []
+    owner: dict[int, str] = {}  # id of each parameter seen: its first full name
+    shared: list[str] = []
     for module_name, module in root.named_modules():
-        own = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        own = []
+        for n, p in module.named_parameters(recurse=False):
+            full = f"{module_name}.{n}" if module_name else n
+            if not p.requires_grad:
+                continue
+            if id(p) in owner:
+                shared.append(f"{full} is {owner[id(p)]}")
+                continue
+            owner[id(p)] = full
+            own.append((n, p))
         if not own:
             continue
         if module_name:
@@ -127,6 +141,10 @@ def parameter_layers(root: nn.Module) -> list[Layer]:
                 layers.append(Layer(n, [p]))
     for layer, name in zip(layers, display_names(raw), strict=True):
         layer.name = name
+    if shared:
+        rank_zero_warn(
+            f"TrainingDiagnostics: tied parameters are counted once, in their first module: {'; '.join(shared)}"
+        )
     return layers
 
 

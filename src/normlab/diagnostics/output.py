@@ -1,0 +1,148 @@
+"""Where the diagnostics' numbers go: every attached Lightning logger, through public APIs only.
+
+- Scalars reach every logger. A TensorBoard logger gets each step's scalars and histograms as one
+  ``Summary`` handed to its writer's public ``FileWriter.add_summary`` (``log_metrics`` would write
+  one event per scalar, a hundred events a step on a small model); every other logger gets them
+  through ``log_metrics``.
+- Histograms go to TensorBoard as ``HistogramProto`` values (what ``add_histogram_raw`` writes) and
+  to W&B as ``wandb.Histogram``; any other logger gets the scalars and one warning.
+- ``use_fast_checksums`` (opt-out) makes TensorBoard checksum its records with google-crc32c's C code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import lightning as L
+import numpy as np
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from tensorboard.compat.proto.summary_pb2 import HistogramProto, Summary
+from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+from tensorboard.summary.writer import record_writer
+
+try:
+    import google_crc32c
+except ImportError:  # TensorBoard's pure-Python checksums stay
+    google_crc32c = None
+
+
+@dataclass
+class Histogram:
+    """A histogram over fixed bins: ``counts[i]`` values in ``[edges[i], edges[i + 1])``."""
+
+    edges: np.ndarray
+    counts: np.ndarray
+    num: float
+    sum: float
+    sum_squares: float
+
+    def proto(self) -> HistogramProto:
+        """What ``SummaryWriter.add_histogram_raw`` writes for it."""
+        return HistogramProto(
+            min=float(self.edges[0]),
+            max=float(self.edges[-1]),
+            num=float(self.num),
+            sum=float(self.sum),
+            sum_squares=float(self.sum_squares),
+            bucket_limit=self.edges[1:].tolist(),
+            bucket=self.counts.tolist(),
+        )
+
+
+def _is_wandb(logger: Logger) -> bool:
+    return type(logger).__name__ == "WandbLogger"  # no import of wandb unless it is in use
+
+
+class Outputs:
+    """The loggers of one Trainer, each fed the way it can take the numbers (call on rank zero)."""
+
+    def __init__(self, trainer: L.Trainer, owner: str = "TrainingDiagnostics") -> None:
+        self.loggers = list(trainer.loggers)
+        self.tensorboard = [lg for lg in self.loggers if isinstance(lg, TensorBoardLogger)]
+        self.others = [lg for lg in self.loggers if not isinstance(lg, TensorBoardLogger)]
+        blind = [type(lg).__name__ for lg in self.others if not _is_wandb(lg)]
+        self._warning = (
+            f"{owner}: {', '.join(blind)} shows no histograms; it gets the diagnostics' scalars" if blind else None
+        )
+
+    def write(self, step: int, scalars: dict[str, float], histograms: dict[str, Histogram] | None = None) -> None:
+        histograms = histograms or {}
+        if histograms and self._warning:
+            rank_zero_warn(self._warning)
+            self._warning = None
+        if self.tensorboard:
+            values = [Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
+            values += [Summary.Value(tag=k, histo=h.proto()) for k, h in histograms.items()]
+            for logger in self.tensorboard:
+                logger.experiment.file_writer.add_summary(Summary(value=values), step)
+        for logger in self.others:
+            metrics: dict = dict(scalars)
+            if _is_wandb(logger) and histograms:
+                import wandb
+
+                metrics.update({k: wandb.Histogram(np_histogram=(h.counts, h.edges)) for k, h in histograms.items()})
+            logger.log_metrics(metrics, step)
+
+    def flush(self) -> None:
+        for logger in self.tensorboard:
+            logger.experiment.flush()
+
+    def custom_scalars(self, layout: dict) -> None:
+        for logger in self.tensorboard:
+            logger.experiment.add_custom_scalars(layout)
+
+
+def use_fast_checksums() -> bool:
+    """Make TensorBoard's event writer checksum its records with google-crc32c's C code.
+
+    Without TensorFlow, TensorBoard computes each record's CRC-32C in pure Python, about 0.1 us a
+    byte, on its writer thread, which holds the GIL meanwhile: an event with a few histograms
+    stalls training for a millisecond. The checksums are the same (a test compares them). This
+    replaces ``record_writer.masked_crc32c`` for the whole process; ``TrainingDiagnostics(
+    fast_checksums=False)`` leaves TensorBoard's own. Returns whether the fast checksums are in use.
+    """
+    if google_crc32c is None or google_crc32c.implementation != "c":
+        return False
+    if record_writer.masked_crc32c is pywrap_tensorflow.masked_crc32c:
+        record_writer.masked_crc32c = masked_crc32c
+    return record_writer.masked_crc32c is masked_crc32c
+
+
+def masked_crc32c(data: bytes) -> int:
+    """TensorFlow's masked CRC-32C of a record (the same rotation and offset as TensorBoard's own)."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def custom_scalars_layout(modules: Sequence[str], percentile_tags: Sequence[str], layers: Sequence[str]) -> dict:
+    """TensorBoard's Custom Scalars layout for the watched modules and parameter layers.
+
+    Each module gets a margin chart of its percentile band (middle percentile as the line, the
+    lowest and highest as the band; Ioffe & Szegedy's Figure 1), and the per-layer gradient norms,
+    update ratios and weight norms each get a multi-line chart.
+
+    Args:
+        modules: display names of the watched modules.
+        percentile_tags: the percentile tag suffixes in increasing order, e.g. ``["p15", "p50", "p85"]``.
+        layers: display names of the parameter layers.
+    """
+    layout: dict[str, dict[str, list]] = {}
+    if len(percentile_tags) >= 2:
+        mid = percentile_tags[len(percentile_tags) // 2]
+        lo, hi = percentile_tags[0], percentile_tags[-1]
+        layout["activation percentiles"] = {
+            m: ["Margin", [f"act/{m}/{mid}", f"act/{m}/{lo}", f"act/{m}/{hi}"]] for m in modules
+        }
+    per_layer = {
+        f"{what} per layer": ["Multiline", [f"^{re.escape(f'{what}/{name}')}$" for name in layers]]
+        for what in ("grad_norm", "update_ratio", "weight_norm")
+    }
+    per_layer["global grad_norm"] = ["Multiline", ["^grad_norm/global$"]]
+    layout["layers"] = per_layer
+    layout["activation health"] = {
+        f"{stat} per module": ["Multiline", [f"^act/.*/{stat}$"]] for stat in ("std", "saturated", "dead", "nonfinite")
+    }
+    return layout
