@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STEPS="${1:-400}"
 python -c "import normlab" 2>/dev/null || pip install -q -e .
-PYTHONPATH=scripts python - "$STEPS" <<'PY'
+PYTHONPATH="scripts${PYTHONPATH:+:$PYTHONPATH}" python - "$STEPS" <<'PY'
 import sys, tempfile, time, warnings
 import lightning as L
 import torch
