@@ -99,7 +99,9 @@ def test_sigkill_at_random_moments_leaves_only_whole_checkpoints(tmp_path):
     rng = random.Random(15)
     for attempt in range(4):
         resume = ["ckpt_path=last"] if attempt else []
-        proc = popen_train(run_dir, "trainer.max_steps=100000", "callbacks=none", *resume, "+callbacks=checkpoint")
+        proc = popen_train(
+            run_dir, "trainer.max_steps=100000", "~callbacks.diagnostics", "~callbacks.progress", *resume
+        )
         wait_for(run_dir / "checkpoints" / "last.ckpt", proc)
         time.sleep(rng.uniform(0.0, 1.5))  # a checkpoint is written about every 0.1 s
         os.kill(proc.pid, signal.SIGKILL)
@@ -260,7 +262,7 @@ def test_checkpoints_of_another_model_or_data_are_one_line(train, tmp_path):
     line = one_line_error(run_entry("train", f"ckpt_path={last}", "optimizer=adam", cwd=tmp_path))
     assert "was trained with optimizer torch.optim.SGD, not torch.optim.Adam" in line
     line = one_line_error(run_entry("evaluate", f"ckpt_path={last}", "data=synthetic", cwd=tmp_path))
-    assert "data.input_shape=[8] does not fit" in line and "input_shape=[64]" in line
+    assert "data.input_shape=[8] does not fit" in line and "takes input_shape=[1, 8, 8]" in line
     assert not (tmp_path / "outputs").exists()
 
 
@@ -287,10 +289,9 @@ def test_a_failure_after_hydra_created_the_run_directory_leaves_no_folder(tmp_pa
 
 # 11 -----------------------------------------------------------------------------------------
 def test_report_calls_a_garbage_summary_unreadable_and_names_the_layers(tmp_path, capsys):
-    from normlab.report.synthetic import write_sweep
-
     from normlab.report import build_report
     from normlab.report.cli import main as report_main
+    from synthetic_sweep import write_sweep
 
     sweep = tmp_path / "sweep"
     write_sweep(sweep, steps=60, diverge=[("baseline_mlp", 1.0, 1)])

@@ -31,7 +31,7 @@ ALLOWED = {
 def private_uses(root: Path = SRC) -> Counter:
     uses: Counter = Counter()
     for path in sorted(root.rglob("*.py")):
-        name = path.relative_to(root / "normlab").as_posix()
+        name = path.relative_to(root).as_posix().removeprefix("normlab/")  # and hydra_plugins/...
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and _private(node.attr):
                 if not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")):

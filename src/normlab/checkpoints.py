@@ -28,7 +28,7 @@ def check_fits(checkpoint: dict[str, Any], path: str, module: nn.Module, optimiz
     hint = "resume with the run's own overrides (the 'resume' line it printed at its end)"
     stored = checkpoint["state_dict"]
     own = module.state_dict()
-    for name in sorted(set(stored) | set(own)):
+    for name in [*own, *(k for k in stored if k not in own)]:  # in the model's own order
         there, here = stored.get(name), own.get(name)
         if there is None or here is None:
             where = "only in the checkpoint" if here is None else "not in the checkpoint"
