@@ -222,7 +222,8 @@ class InjectNaN(L.Callback):
     ("inject", "step", "layer", "source"),
     [
         (InjectNaN(10, module="features.1"), 10, "features.1", "activation"),  # a logging step: outputs recorded
-        (InjectNaN(7, grad_of="classifier.weight"), 7, "classifier", "update"),  # between logging steps
+        # a NaN gradient at step 9 corrupts the weights that logging step 10 starts from
+        (InjectNaN(9, grad_of="classifier.weight"), 10, "classifier", "weights"),
         (InjectNaN(5, grad_of="classifier.weight"), 5, "classifier", "gradient"),  # a logging step
     ],
 )
@@ -248,11 +249,12 @@ def test_injected_nan_is_reported_at_its_step_and_layer(tmp_path, capsys, inject
 
 def test_warn_records_the_divergence_and_trains_on(tmp_path: Path) -> None:
     diagnostics = TrainingDiagnostics(log_every_n_steps=10, on_nonfinite="warn")
-    with pytest.warns(UserWarning, match="non-finite update at step 3 in layer classifier: going on"):
+    # the NaN gradient of step 3 gives step 4 a NaN loss, found by logging step 10 at its own step
+    with pytest.warns(UserWarning, match=r"non-finite loss at step 4 \(layer not seen\): going on"):
         trainer = fit(tmp_path, PlainNet(), 12, InjectNaN(3, grad_of="classifier.weight"), diagnostics)
     assert trainer.global_step == 12
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["diverged"] and summary["divergence_step"] == 3 and summary["final_grad_norm"] is None
+    assert summary["diverged"] and summary["divergence_step"] == 4 and summary["final_grad_norm"] is None
 
 
 # ----------------------------------------------------------------------------- configuration
@@ -261,7 +263,7 @@ def test_bad_arguments_fail_at_once_naming_the_value() -> None:
         TrainingDiagnostics(on_nonfinite="explode")
     with pytest.raises(ValueError, match=r"percentiles must lie in \[0, 100\], got \[50, 150\]"):
         TrainingDiagnostics(percentiles=[50, 150])
-    with pytest.raises(ValueError, match=r"bins need low < high"):
+    with pytest.raises(ValueError, match=r"hist_range must be \[low, high\] with low < high, got \[3, -3\]"):
         TrainingDiagnostics(hist_range=[3, -3])
 
 

@@ -1,330 +1,288 @@
-"""The activation statistics of logging steps: which device tensors to compute, and how the host
-turns them into each step's scalars and histograms.
-
-An ``ActivationLayout`` is built once for a set of watched modules and output shapes. A logging
-step copies its outputs into their places in a row of the layout's buffer on the device (one
-``torch._foreach_copy_``) and computes its few small tensors; the histograms and moments of up to
-``ROWS`` steps are then taken by one fixed list of operations over their rows, while the rows still
-fit in a core's cache. The host derives the statistics of many steps at once from arrays of fixed
-shape.
-"""
+"""``ActivationStatistics``: the distribution of every watched module's output, on logging steps."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+import functools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
-from normlab.diagnostics import stats
-from normlab.diagnostics.stats import Bins, Chunks, SegmentedHistogram
-from normlab.diagnostics.watch import SATURATING, Watched
-
-# Percentiles and saturation are read from histograms this many times finer than the written ones.
-FINE = 2
-# The outputs of up to this many steps wait on the device and are binned together, as long as
-# they fit in this many bytes.
-ROWS = 4
-CACHE_BYTES = 2**20
+from normlab.diagnostics import activation_math as math_
+from normlab.diagnostics.base import DiagnosticsCallback
+from normlab.diagnostics.output import Histogram, use_fast_checksums
+from normlab.diagnostics.recording import ActivationRecorder, Measurement
+from normlab.diagnostics.selection import SATURATING, Selection, Watched, select_modules
 
 
-class ActivationLayout:
-    """Where each watched module's numbers sit, for one set of modules and output shapes.
+@dataclass
+class StepOutputs:
+    """Whether each watched module's output was finite on a logging step, in the order they ran."""
+
+    step: int
+    finite: list[tuple[str, bool]]
+
+
+class ActivationStatistics(DiagnosticsCallback):
+    """Histograms, percentiles, moments and health of the outputs of a model's modules.
+
+    On each logging step the watched modules' outputs are measured as they leave the module
+    (``recording.py``) and summarized together on their device (``activation_math.py``); one copy
+    per logging step brings the numbers to the host. Percentiles are exact on outputs of up to
+    ``sample_size`` values and read from a fixed random sample of larger ones.
 
     Args:
-        watched: the modules that produced an output, in the order of ``outputs``.
-        outputs: their outputs on the step the layout is built for (only the shapes are kept).
-        bn_sources: per watched batch norm, the position in ``outputs`` of its input, or ``None``
-            when its input is not watched (``sources``).
-        state: the recorder's ``bn_state`` on that step (only the sizes are kept).
-        state_offsets: segment -> where that batch norm's running mean, running variance, weight,
-            bias and momentum start in a row of ``state`` (``ActivationRecorder.state_offsets``).
-        bins: the written bins of unbounded outputs (sigmoid and tanh use their own bounds).
-        percentiles: in percent, e.g. ``[15, 50, 85]``.
-        saturation_threshold: see ``TrainingDiagnostics``.
-        rows: the most steps whose outputs wait for ``statistics`` (fewer for large outputs).
+        log_every_n_steps, dense_every_n_steps, dense_until_step: the cadence (``Cadence``).
+        types: class names to watch instead of the default roles (weight owners, normalization
+            layers, activations, attention and transformer blocks). Default: by role.
+        include, exclude: ``fnmatch`` patterns of module names, as the tags show them.
+        max_modules: watch at most this many, spread evenly over the model; 0: no limit.
+        bins: histogram bins per module.
+        hist_range: ``[low, high]`` of every histogram. Default: per module, fixed at its first
+            logging step (a power of two above its largest values), so a run's histograms stay
+            comparable step by step. Sigmoid and tanh outputs use their own bounds.
+        percentiles: percentiles logged per module (Ioffe & Szegedy's Figure 1 shows 15, 50, 85).
+        saturation_threshold: a sigmoid or tanh output is saturated beyond this fraction of the
+            way from the middle of its range to either bound.
+        sample_size: values of each output the statistics read (all of a smaller output).
+        reduce_histograms: under data parallelism, gather every rank's samples first.
+        fast_checksums: let TensorBoard checksum its records in C (``output.use_fast_checksums``).
     """
 
     def __init__(
         self,
-        watched: Sequence[Watched],
-        outputs: Sequence[Tensor],
-        bn_sources: Sequence[int | None],
-        state: Sequence[Tensor],
-        state_offsets: dict[int, tuple[int, int, int | None, int | None, int]],
-        bins: Bins,
-        percentiles: Sequence[float],
-        saturation_threshold: float,
-        rows: int = ROWS,
+        log_every_n_steps: int = 50,
+        dense_every_n_steps: int = 10,
+        dense_until_step: int = 50,
+        types: Sequence[str] | None = None,
+        include: Sequence[str] = ("*",),
+        exclude: Sequence[str] = (),
+        max_modules: int = 64,
+        bins: int = 80,
+        hist_range: Sequence[float] | None = None,
+        percentiles: Sequence[float] = (15, 50, 85),
+        saturation_threshold: float = 0.95,
+        sample_size: int = 16384,
+        reduce_histograms: bool = True,
+        fast_checksums: bool = True,
     ) -> None:
-        self.watched = list(watched)
-        segments = len(self.watched)
-        written = [Bins(*SATURATING[w.kind], bins.count) if w.saturating else bins for w in self.watched]
-        fine = [b.refined(FINE) for b in written]
-        numels = [o.numel() for o in outputs]
-        self.device = outputs[0].device
-        self.shapes = [tuple(o.shape) for o in outputs]
-        self.chunks = Chunks(numels)  # where each output lies in the step's buffer
-        self.histogram = SegmentedHistogram(self.chunks, fine, self.device)
-        self.low = np.array([b.low for b in fine])
-        self.width = np.array([b.width for b in fine])
-        self.q = np.asarray(percentiles, dtype=np.float64) / 100
-        self.histogram_specs = [(f"act/{w.name}", b.edges()) for w, b in zip(self.watched, written, strict=True)]
-
-        self.saturating = [s for s, w in enumerate(self.watched) if w.saturating]
-        self.cuts = [
-            stats.saturation_cut(fine[s], SATURATING[self.watched[s].kind], saturation_threshold)
-            for s in self.saturating
-        ]
-        self.rectifiers = [s for s, w in enumerate(self.watched) if w.rectifier]
-        self.units = np.array([stats.unit_maxima(outputs[s][None]).shape[1] for s in self.rectifiers], dtype=np.int64)
-
-        # batch norms: per-channel arrays over all of them, in segment order
-        self.batchnorms = [s for s, w in enumerate(self.watched) if w.batchnorm]
-        self.channels = np.array([outputs[s].shape[1] for s in self.batchnorms], dtype=np.int64)
-        per_channel = [outputs[s].numel() // outputs[s].shape[1] for s in self.batchnorms]
-        self._per_channel = np.repeat(per_channel, self.channels).astype(np.float64)
-        self._eps = np.repeat([self.watched[s].module.eps for s in self.batchnorms], self.channels)
-        # batch norms with inputs of the same shape are reduced together: from the buffered rows
-        # when their inputs are watched outputs, else at each step. On the device the sums of each
-        # group follow one another, then their squares: where each batch norm's channels land
-        self.bn_sources = list(bn_sources)
-        self.bn_groups: list[list[int]] = []  # positions in `batchnorms`
-        for b, s in enumerate(self.batchnorms):
-            key = (self.shapes[s], self.bn_sources[b] is None)
-            same = [
-                g for g in self.bn_groups if (self.shapes[self.batchnorms[g[0]]], self.bn_sources[g[0]] is None) == key
-            ]
-            same[0].append(b) if same else self.bn_groups.append([b])
-        starts = np.cumsum([0, *self.channels])
-        order = [b for group in self.bn_groups for b in group]
-        sums = np.concatenate([np.arange(starts[b], starts[b + 1]) for b in order] or [[]]).astype(np.int64)
-        sums = np.argsort(sums, kind="stable")  # device position of each channel's sum, in order
-        self._bn_sum_index, self._bn_square_index = _index(sums), _index(int(self.channels.sum()) + sums)
-        self.affine = [s for s in self.batchnorms if self.watched[s].module.affine]
-        self.affine_sizes = np.array([self.watched[s].module.num_features for s in self.affine], dtype=np.int64)
-        # where each channel's numbers lie in a row of batch-norm state: running mean and variance,
-        # weight, bias and momentum
-        self._running_mean, self._running_var, self._gamma, self._beta, self._momentum = (
-            _index(
-                _positions([state_offsets[s][k] for s in segments], self.affine_sizes if k in (2, 3) else self.channels)
+        super().__init__(log_every_n_steps, dense_every_n_steps, dense_until_step)
+        if bins < 1 or sample_size < 1 or max_modules < 0:
+            raise ValueError(
+                f"bins and sample_size must be >= 1 and max_modules >= 0, got {bins}, {sample_size}, {max_modules}"
             )
-            for k, segments in enumerate([self.batchnorms, self.batchnorms, self.affine, self.affine, self.batchnorms])
-        )
-        self.tags = self._tags(percentiles)
-        self.segments = segments
-        # each row a step's outputs laid end to end, until ``statistics``; as many rows as fit in a
-        # core's cache, so that the steps' histograms and moments take one pass of operations
-        self.capacity = max(1, min(rows, CACHE_BYTES // (4 * self.chunks.total)))
-        self._values = torch.zeros(self.capacity, self.chunks.total, device=self.device)
-        self._places = [self.chunks.places(row, self.shapes) for row in self._values]  # per row, per output
-        self._padding = self.chunks.padding(self._values)  # zeros, but binning in place overwrites them
-        # each row a step's batch-norm state, copied beside its outputs
-        sizes = [t.numel() for t in state]
-        self._states = torch.zeros(self.capacity, sum(sizes), device=self.device)
-        # per batch-norm group, how to read its inputs from the rows when they are watched outputs,
-        # else None (built once: per call the arithmetic of the strides costs more than the reduction)
-        self._bn_reads = [
-            self._rows_of([self.bn_sources[b] for b in group]) if self.bn_sources[group[0]] is not None else None
-            for group in self.bn_groups
-        ]
-        self._small: list[dict[str, Tensor]] = []  # per filled row, its step's other tensors
-
-    @staticmethod
-    def sources(outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor]) -> tuple[int | None, ...]:
-        """Per batch-norm input, its position among ``outputs`` (the same tensor), or ``None``."""
-        position = {id(o): j for j, o in enumerate(outputs)}
-        return tuple([position.get(id(x)) for x in bn_inputs])
-
-    def fits(self, outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor]) -> bool:
-        """Whether a step's outputs, in the order the layout was built for, have its device and
-        shapes, and its batch norms read watched outputs as before (a cheaper check than a new key).
-        ``False`` where a batch norm's input is not watched: that is checked by ``sources``."""
-        shapes, sources = self.shapes, self.bn_sources
-        return (
-            len(outputs) == len(shapes)
-            and len(bn_inputs) == len(sources)
-            and None not in sources
-            and outputs[0].device == self.device
-            and all(o.shape == shape for o, shape in zip(outputs, shapes, strict=True))
-            and all(x is outputs[j] for x, j in zip(bn_inputs, sources, strict=True))
-        )
-
-    def _tags(self, percentiles: Sequence[float]) -> list[str]:
-        """Scalar tag names, in the order of ``values``' columns."""
-        names = [w.name for w in self.watched]
-        per_module = [*(f"p{q:g}" for q in percentiles), "mean", "std", "nonfinite"]
-        tags = [f"act/{m}/{stat}" for m in names for stat in per_module]
-        tags += [f"act/{names[s]}/saturated" for s in self.saturating]
-        tags += [f"act/{names[s]}/dead" for s in self.rectifiers]
-        tags += [f"bn/{names[s]}/{d}" for s in self.batchnorms for d in ("batch_mean_drift", "batch_var_drift")]
-        tags += [f"bn/{names[s]}/{p}" for s in self.affine for p in ("gamma_mean", "beta_mean")]
-        return tags
-
-    # ------------------------------------------------------------------------- on the device
-    @property
-    def used(self) -> int:
-        """Rows filled since the last ``statistics``."""
-        return len(self._small)
+        if hist_range is not None and (len(hist_range) != 2 or not hist_range[0] < hist_range[1]):
+            raise ValueError(f"hist_range must be [low, high] with low < high, got {list(hist_range)}")
+        if not all(0 <= q <= 100 for q in percentiles):
+            raise ValueError(f"percentiles must lie in [0, 100], got {list(percentiles)}")
+        if not 0 < saturation_threshold < 1:
+            raise ValueError(f"saturation_threshold must lie in (0, 1), got {saturation_threshold}")
+        self.types = None if types is None else list(types)
+        self.include, self.exclude, self.max_modules = list(include), list(exclude), max_modules
+        self.bins, self.sample_size = bins, sample_size
+        self.hist_range = None if hist_range is None else (float(hist_range[0]), float(hist_range[1]))
+        self.percentiles = sorted(float(q) for q in percentiles)
+        self.saturation_threshold = saturation_threshold
+        self.reduce_histograms, self.fast_checksums = reduce_histograms, fast_checksums
+        self.selection = Selection([])
+        self.recorder = ActivationRecorder([], sample_size)
+        self.last: StepOutputs | None = None  # the latest logging step's finiteness, for DivergenceMonitor
+        self._ranges: dict[int, tuple[float, float]] = {}
+        self._fired: set[int] = set()
+        self._recorded_step = -1
 
     @property
-    def full(self) -> bool:
-        return self.used == self.capacity
+    def watched(self) -> list[Watched]:
+        return self.selection.watched
 
-    def capture(self, outputs: Sequence[Tensor], bn_inputs: Sequence[Tensor], state: Sequence[Tensor]) -> None:
-        """Copy a step's outputs and batch-norm state into the next rows, and compute
-        its small tensors at once: maxima of rectifier units and batch-norm input moments.
-
-        Args:
-            outputs: the watched modules' outputs, in layout order.
-            bn_inputs: the inputs of the batch norms, in layout order.
-            state: the recorder's ``bn_state``.
-        """
-        if self.full:
-            raise RuntimeError("the layout's rows are full: take their statistics first")
-        row = self.used
-        torch._foreach_copy_(self._places[row], outputs)
-        if state:  # many small tensors: one cat costs less than a copy each
-            torch.cat(state, out=self._states[row])
-        small = {}
-        if self.rectifiers:
-            small["maxima"] = torch.cat([stats.unit_maxima(outputs[s][None]) for s in self.rectifiers], dim=1).float()
-        if self.batchnorms:
-            for g, group in enumerate(self.bn_groups):
-                if self._bn_reads[g] is None:
-                    sums, squares = stats.channel_moments(_stack([bn_inputs[b] for b in group]))
-                    small[f"bn_sums{g}"], small[f"bn_squares{g}"] = sums.reshape(1, -1), squares.reshape(1, -1)
-        self._small.append(small)
-
-    def statistics(self, reduce: Callable[[Tensor], Tensor] | None = None) -> dict[str, Tensor]:
-        """The device tensors of the filled rows, ``(rows, size)`` each, which are then free again:
-        moments and cumulative histogram counts of each output, and the tensors of ``capture``.
-        Outputs with a NaN or Inf are counted exactly (each such value in its output's slot 0),
-        the others on a faster path.
-
-        Args:
-            reduce: sums a tensor over the ranks of data parallelism (histograms and moments).
-        """
-        values = self._values[: self.used]
-        small, self._small = self._small, []
-        out = {key: small[0][key] if len(small) == 1 else torch.cat([row[key] for row in small]) for key in small[0]}
-        if self.batchnorms:  # before the histograms, which overwrite the rows
-            out["bn_moments"] = self._bn_moments(out, len(small))
-            out["bn_state"] = self._states[: len(small)].clone()
-        moments = stats.chunk_moments(values)
-        if math.isfinite(moments.sum().item()):  # no NaN or Inf (or an overflow, which is counted exactly too)
-            counts = self.histogram.finite(values)
-        else:
-            moments = stats.chunk_moments(values, exact=True).float()
-            counts = self.histogram.exact(values)
-        if self._padding:
-            torch._foreach_zero_(self._padding)
-        if reduce is not None:
-            sizes = [counts.shape[1], moments.shape[1]]
-            counts, moments = reduce(torch.cat([counts, moments], dim=1)).split(sizes, dim=1)  # as float32
-        out["moments"], out["cumulative"] = moments, counts.cumsum(1)
-        return out
-
-    def _bn_moments(self, small: dict[str, Tensor], rows: int) -> Tensor:
-        """Per-channel sums, then sums of squares, of the batch norms' inputs, ``(rows, 2 * channels)``:
-        from the buffered rows when the inputs are watched outputs, else from ``capture``."""
-        sums, squares = [], []
-        for g, read in enumerate(self._bn_reads):
-            if read is not None:  # (rows, k, N, C, ...) -> (rows, k * C)
-                per_channel = stats.channel_moments(read(rows), 3)
-                s, q = (m.reshape(rows, -1) for m in per_channel)
-            else:
-                s, q = small.pop(f"bn_sums{g}"), small.pop(f"bn_squares{g}")
-            sums.append(s)
-            squares.append(q)
-        return torch.cat(sums + squares, dim=1).float()
-
-    def clear(self) -> None:
-        """Free the rows of steps whose statistics are not wanted."""
-        self._small = []
-
-    def _rows_of(self, segments: list[int]) -> Callable[[int], Tensor]:
-        """A reader of these outputs of the same shape in the first ``rows`` rows: ``rows ->
-        (rows, len(segments), *shape)``, a view of the rows when they lie at equal distances (a
-        copy otherwise)."""
-        starts, shape = [self.chunks.starts[s] for s in segments], self.shapes[segments[0]]
-        spacing = set(np.diff(starts).tolist())
-        if len(spacing) <= 1:
-            strides = [int(np.prod(shape[d + 1 :])) for d in range(len(shape))]
-            step = spacing.pop() if spacing else 0
-            size, stride = (self.capacity, len(starts), *shape), (self.chunks.total, step, *strides)
-            view = self._values.as_strided(size, stride, starts[0])
-            return lambda rows: view[:rows]
-        views = [
-            self._values[:, a : a + self.chunks.numels[s]].view(self.capacity, *shape)
-            for a, s in zip(starts, segments, strict=True)
-        ]
-        return lambda rows: torch.stack([v[:rows] for v in views], dim=1)
-
-    # ------------------------------------------------------------------------- on the host
-    def values(self, host: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """Scalars ``(steps, len(tags))`` and histograms ``(steps, segments, 3 + bins)`` (number of
-        values, sum, sum of squares, counts) of several steps at once; ``host`` holds each tensor of
-        ``statistics`` as a ``(steps, size)`` array."""
-        steps, segments = len(host["moments"]), self.segments
-        # per segment: slot 0 counts NaN and Inf, then the bins; the counts arrive cumulated
-        total = host["cumulative"].reshape(steps, segments, -1)
-        before = np.zeros((steps, segments))
-        before[:, 1:] = total[:, :-1, -1]
-        nonfinite = (total[:, :, 0] - before).ravel()
-        cdf = (total[:, :, 1:] - total[:, :, :1]).reshape(steps * segments, -1)
-        n = cdf[:, -1]
-        moments = self.chunks.per_tensor(np.asarray(host["moments"], np.float64).reshape(steps, 2, -1))
-        sums, squares = moments[:, 0].ravel(), moments[:, 1].ravel()
-        mean, std = stats.mean_std(n, sums, squares)
-        pct = stats.percentiles(cdf, np.tile(self.low, steps), np.tile(self.width, steps), self.q)
-        columns = [np.column_stack([pct, mean, std, nonfinite]).reshape(steps, -1)]
-        if self.saturating:
-            per_step = cdf.reshape(steps, segments, -1)
-            columns.append(
-                np.column_stack(
-                    [
-                        stats.saturated_fraction(per_step[:, s], *cut)
-                        for s, cut in zip(self.saturating, self.cuts, strict=True)
-                    ]
-                )
+    # ------------------------------------------------------------------------- hooks
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        if stage != "fit":
+            return
+        self.selection = select_modules(pl_module, self.types, self.include, self.exclude, self.max_modules)
+        self.recorder = ActivationRecorder(self.watched, self.sample_size)
+        self._ranges, self._fired, self._recorded_step, self.last = {}, set(), -1, None
+        if self.selection.left_out.get("under nn.DataParallel"):
+            rank_zero_warn(
+                f"{type(self).__name__}: the modules under nn.DataParallel are not watched (it copies them into "
+                "replicas at every forward pass); the other modules, weights and gradients are"
             )
-        if self.rectifiers:
-            columns.append(stats.group_means((host["maxima"] <= 0).astype(np.float64), self.units))
-        if self.batchnorms:
-            bn, state = np.asarray(host["bn_moments"], np.float64), np.asarray(host["bn_state"], np.float64)
-            drift = stats.batchnorm_drift(
-                bn[:, self._bn_sum_index],
-                bn[:, self._bn_square_index],
-                self._per_channel,
-                state[:, self._running_mean],
-                state[:, self._running_var],
-                state[:, self._momentum],
-                self._eps,
+        if self._logging and self.fast_checksums:
+            use_fast_checksums()
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        rank_zero_info(f"{type(self).__name__}: {self.selection.describe()}")
+        super().on_train_start(trainer, pl_module)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step != self._recorded_step and self.is_logging_step(step) and self._computes(trainer) and self.watched:
+            self._recorded_step = step  # the first micro-batch of an accumulated step
+            self.recorder.attach()
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        if self.recorder.attached:  # the forward pass of a logging step is over
+            self._finish(trainer)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if self.recorder.attached:  # a step without a backward pass
+            self._finish(trainer)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.recorder.detach()
+        silent = [w.name for i, w in enumerate(self.watched) if i not in self._fired]
+        if silent and self._recorded_step >= 0:
+            rank_zero_warn(
+                f"{type(self).__name__}: {len(silent)} watched modules never produced an output (called "
+                f"functionally, or not at all): {', '.join(silent[:8])}{', ...' if len(silent) > 8 else ''}"
             )
-            columns.append(stats.group_means(np.stack(drift, axis=2), self.channels, axis=1).reshape(steps, -1))
-        if self.affine:
-            gamma_beta = np.stack([state[:, self._gamma], state[:, self._beta]], axis=2)
-            columns.append(stats.group_means(gamma_beta, self.affine_sizes, axis=1).reshape(steps, -1))
-        histograms = np.column_stack([n, sums, squares, stats.coarsen(cdf, FINE)])
-        return np.concatenate(columns, axis=1), histograms.reshape(steps, segments, -1)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self.recorder.detach()  # give the modules back their forward
+
+    def _computes(self, trainer: L.Trainer) -> bool:
+        # every rank computes when samples are gathered across ranks; only rank zero writes
+        return self._logging and (trainer.is_global_zero or self._gathers(trainer))
+
+    def _gathers(self, trainer: L.Trainer) -> bool:
+        return self.reduce_histograms and trainer.world_size > 1
+
+    # ------------------------------------------------------------------------- statistics
+    @torch.no_grad()
+    def _finish(self, trainer: L.Trainer) -> None:
+        self.recorder.detach()
+        measured = self.recorder.measured
+        self.recorder.measured = {}
+        if not measured:
+            rank_zero_warn(
+                f"{type(self).__name__}: none of the watched modules ran while recorded (a model traced or "
+                "scripted before training runs without the recording); activation statistics are off"
+            )
+            self.selection = Selection([])
+            return
+        self._fired.update(measured)
+        scalars, histograms, finite = self._statistics(trainer, measured)
+        names = [self.watched[i].name for i in measured]
+        self.last = StepOutputs(trainer.global_step, list(zip(names, finite, strict=True)))
+        if self.writes(trainer):
+            self.outputs.write(trainer.global_step, scalars, histograms)
+
+    def _statistics(self, trainer: L.Trainer, measured: dict[int, Measurement]):
+        """Scalars and histograms by tag, and per module whether its whole output was finite."""
+        indices, found = list(measured), list(measured.values())
+        x = math_.stack_samples([m.sample for m in found])
+        lengths = torch.tensor([m.sample.numel() for m in found], device=x.device)
+        if self._gathers(trainer):
+            x = trainer.strategy.all_gather(x).transpose(0, 1).reshape(len(found), -1)
+            lengths = trainer.strategy.reduce(lengths, reduce_op="sum")
+        self._fix_ranges(indices, x)
+        ranges = torch.tensor([self._ranges.get(i, (-1.0, 1.0)) for i in indices], device=x.device)
+        pct, width = math_.binned_percentiles(x, self.percentiles)
+        flags = [m.finite for m in found if m.finite is not None]
+        extras = [(self._extra_tag(i, key), value) for i, m in measured.items() for key, value in m.extras.items()]
+        parts = {
+            "moments": math_.moments(x, lengths, self._saturation(indices, x.device)),
+            "percentiles": pct,
+            "width": width,
+            "counts": math_.histogram_counts(x, ranges, self.bins),
+            "finite": torch.stack(flags).float() if flags else x.new_zeros(0),
+            "extras": torch.stack([v.float() for _, v in extras]) if extras else x.new_zeros(0),
+        }
+        host = _to_host(parts)  # the one copy of this step
+        self._refine(x, host)
+        return self._tags(indices, found, host, [tag for tag, _ in extras])
+
+    def _refine(self, x: Tensor, host: dict[str, np.ndarray]) -> None:
+        """Sort the rows whose fine bins were too coarse for their spread (heavy outliers), and the
+        small ones (whose values lie further apart than a bin; sorting them is cheap)."""
+        pct, width = host["percentiles"], host["width"]
+        spread = pct[:, -1] - pct[:, 0] if pct.shape[1] > 1 else host["moments"][:, math_.MOMENTS.index("std")]
+        few = host["moments"][:, math_.MOMENTS.index("count")] < math_.FINE_BINS  # gaps wider than a bin
+        coarse = np.flatnonzero((width > math_.BINNED_ERROR * np.nan_to_num(spread)) | few)
+        if len(coarse):
+            rows = torch.as_tensor(coarse, device=x.device)
+            longest = int(host["moments"][coarse, 0].max() + host["moments"][coarse, 1].max())
+            pct[coarse] = math_.exact_percentiles(x[rows, : max(longest, 1)], self.percentiles).cpu().numpy()
+
+    def _tags(self, indices: list[int], found: list[Measurement], host: dict[str, np.ndarray], extra_tags: list[str]):
+        scalars = dict(zip(extra_tags, host["extras"].tolist(), strict=True))
+        histograms, finite, flags = {}, [], iter(host["finite"].tolist())
+        for row, (i, m) in enumerate(zip(indices, found, strict=True)):
+            w, stats = self.watched[i], dict(zip(math_.MOMENTS, host["moments"][row].tolist(), strict=True))
+            tag = f"act/{w.name}"
+            percentiles = host["percentiles"][row].tolist()
+            scalars.update({f"{tag}/p{p:g}": v for p, v in zip(self.percentiles, percentiles, strict=True)})
+            scalars[f"{tag}/mean"], scalars[f"{tag}/std"] = stats["mean"], stats["std"]
+            # counted on the sample: scaled to the whole output when it is larger
+            scalars[f"{tag}/nonfinite"] = stats["nonfinite"] * m.numel / m.sample.numel()
+            if w.saturating:
+                scalars[f"{tag}/saturated"] = stats["saturated"]
+            finite.append(stats["nonfinite"] == 0 if m.finite is None else next(flags) > 0)
+            edges = self._edges(self._ranges.get(i, (-1.0, 1.0)))
+            histograms[tag] = Histogram(edges, host["counts"][row], stats["count"], stats["sum"], stats["sum_squares"])
+        return scalars, histograms, finite
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 (a callback lives as long as its run)
+    def _edges(self, bounds: tuple[float, float]) -> np.ndarray:
+        return np.asarray(math_.histogram_edges(*bounds, self.bins))
+
+    def _extra_tag(self, index: int, key: str) -> str:
+        w = self.watched[index]
+        if key == "dead":
+            return f"act/{w.name}/dead"
+        return f"{'bn' if w.batchnorm else 'norm'}/{w.name}/{key}"
+
+    def _fix_ranges(self, indices: list[int], x: Tensor) -> None:
+        """Give each module its histogram range the first time its output says something (a host read
+        on the first logging steps only)."""
+        missing = [row for row, i in enumerate(indices) if i not in self._ranges]
+        if not missing:
+            return
+        rows = torch.tensor(missing, device=x.device)
+        extremes = math_.binned_percentiles(x[rows], [0.1, 99.9])[0].tolist() if self.hist_range is None else []
+        for n, row in enumerate(missing):
+            w = self.watched[indices[row]]
+            chosen = SATURATING.get(w.kind) or self.hist_range or math_.fixed_range(*extremes[n])
+            if chosen is not None:
+                self._ranges[indices[row]] = chosen
+
+    def _saturation(self, indices: list[int], device: torch.device) -> Tensor:
+        rows = []
+        for i in indices:
+            low, high = SATURATING.get(self.watched[i].kind, (float("nan"), float("nan")))
+            rows.append([(low + high) / 2, self.saturation_threshold * (high - low) / 2])
+        return torch.tensor(rows, dtype=torch.float32, device=device)
+
+    # ------------------------------------------------------------------------- TensorBoard layout
+    def layout(self) -> dict:
+        """Each module's percentile band as a margin chart (Ioffe & Szegedy's Figure 1), and the
+        health statistics of all modules in one chart each."""
+        tags = [f"p{q:g}" for q in self.percentiles]
+        layout: dict[str, dict] = {}
+        if len(tags) >= 2:
+            mid, lo, hi = tags[len(tags) // 2], tags[0], tags[-1]
+            layout["activation percentiles"] = {
+                w.name: ["Margin", [f"act/{w.name}/{mid}", f"act/{w.name}/{lo}", f"act/{w.name}/{hi}"]]
+                for w in self.watched
+            }
+        layout["activation health"] = {
+            f"{stat} per module": ["Multiline", [f"^act/.*/{re.escape(stat)}$"]]
+            for stat in ("std", "saturated", "dead", "nonfinite")
+        }
+        return layout
 
 
-def _stack(tensors: list[Tensor]) -> Tensor:
-    return tensors[0][None] if len(tensors) == 1 else torch.stack(tensors)
-
-
-def _index(positions: np.ndarray) -> slice | np.ndarray:
-    """``positions`` as a slice when they run without a gap (a view instead of a copy)."""
-    if len(positions) and np.array_equal(positions, np.arange(positions[0], positions[0] + len(positions))):
-        return slice(int(positions[0]), int(positions[0]) + len(positions))
-    return positions
-
-
-def _positions(starts: Sequence[int], sizes: Sequence[int]) -> np.ndarray:
-    """The positions ``start + [0, size)`` of each run, end to end."""
-    return np.concatenate([np.arange(n) + start for start, n in zip(starts, sizes, strict=True)] or [[]]).astype(
-        np.int64
-    )
+def _to_host(parts: dict[str, Tensor]) -> dict[str, np.ndarray]:
+    """Device tensors brought to the host in one copy, each in its shape, as float64."""
+    flat = torch.cat([t.float().reshape(-1) for t in parts.values()]).cpu().numpy().astype(np.float64)
+    out, offset = {}, 0
+    for key, tensor in parts.items():
+        out[key] = flat[offset : offset + tensor.numel()].reshape(tensor.shape)
+        offset += tensor.numel()
+    return out

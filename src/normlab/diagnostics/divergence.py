@@ -1,69 +1,77 @@
-"""Where the first non-finite value of a run came from, read from what the step left behind.
+"""Where the first non-finite value of a run came from: pure functions of what a step left behind.
 
-Every step checks its loss on the device; the step of the first non-finite one is read on the next
-logging step, so that no step waits for the device. Between logging steps only the batch's
-finiteness is kept with it, and the layer is named from the weights the next logging step finds. A non-finite loss is traced back in the
-order in which a step produces its values: the input batch; the watched modules' outputs, in the
-order they ran (recorded on logging steps only); the weights, which a finite loss before this step
-means the previous optimizer update corrupted; otherwise the forward pass overflowed somewhere
-unrecorded. On logging steps the gradients are checked too, and a non-finite gradient under a
-finite loss arose in the backward pass, which reaches the last layer first.
+A step produces its values in this order: the input batch; the weights it starts from; the
+outputs of the modules, in the order they ran; the loss; the gradients, last layer first. The
+origin of a non-finite loss is the first of these that is not finite. The evidence is gathered on
+logging steps only (nothing is read from the device on other steps); a non-finite loss on another
+step is found at its exact step, through the loss history, but its origin can no longer be seen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.apply_func import apply_to_collection
 from torch import Tensor
 
-from normlab.diagnostics.watch import Layer
+UNSEEN = "not seen"  # the layer of a divergence whose step did not log
 
 
-def all_finite(tensors: Sequence[Tensor]) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in tensors)
+@dataclass
+class Evidence:
+    """What a logging step saw, on the host: is each thing finite, in the order the step made it."""
+
+    batch: bool
+    weights: Sequence[tuple[str, bool]]  # per layer, forward (registration) order, before the update
+    outputs: Sequence[tuple[str, bool]]  # per watched module that ran, in the order it ran
+    gradients: Sequence[tuple[str, bool]]  # per layer, forward order
+    unwatched: int = 0  # weight-owning modules whose outputs were not watched
 
 
 def batch_finite(batch: Any, device: torch.device) -> Tensor:
-    """Whether every floating-point tensor in a (nested) batch is finite: a 0/1 integer on the
-    device, so that nobody waits for it."""
+    """Whether every floating-point tensor in a (nested) batch is finite: a 0/1 integer on the device."""
     tensors: list[Tensor] = []
     apply_to_collection(batch, Tensor, lambda t: tensors.append(t) if t.is_floating_point() else None)
     if not tensors:
         return torch.ones((), dtype=torch.int64, device=device)
-    flags = [torch.isfinite(t).all() for t in tensors]
-    return (torch.stack(flags).all() if len(flags) > 1 else flags[0]).long()
+    return torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all().long()
 
 
-def locate_loss(
-    batch_finite: bool, activations: Sequence[tuple[str, bool]], layers: Sequence[Layer]
-) -> tuple[str, str, int]:
-    """The origin of a non-finite loss whose predecessors were finite.
+def first_nonfinite(values: Sequence[float]) -> int | None:
+    """The index of the first value that is NaN or infinite."""
+    return next((i for i, v in enumerate(values) if v != v or v in (float("inf"), float("-inf"))), None)
 
-    Args:
-        batch_finite: whether the training batch was finite.
-        activations: ``(name, finite)`` of the watched modules' outputs in the order they ran,
-            empty when the step recorded none.
-        layers: parameter layers in registration (forward) order, with their current weights.
 
-    Returns:
-        ``(layer, source, steps_back)``: the layer (``input`` or ``loss`` when no layer can be
-        named), the evidence (``input``, ``activation``, ``update`` or ``loss``), and 1 when the
-        previous step's update is to blame, else 0.
+def locate_loss(evidence: Evidence) -> tuple[str, str, str]:
+    """The origin of a non-finite loss on a step that logged: ``(layer, source, note)``.
+
+    ``source`` is ``input``, ``weights`` (a layer's weights were already non-finite when the step
+    began: an earlier update, or code outside the optimizer, corrupted them), ``activation`` (the
+    first watched module whose output was non-finite) or ``loss`` (everything watched was finite).
+    ``note`` says when modules left unwatched could hide the origin.
     """
-    if not batch_finite:
-        return "input", "input", 0
-    for name, finite in activations:
-        if not finite:
-            return name, "activation", 0
-    corrupted = [layer.name for layer in layers if not all_finite(layer.params)]
-    if corrupted:  # the backward pass of the update reached the last of them first
-        return corrupted[-1], "update", 1
-    return "loss", "loss", 0
+    if not evidence.batch:
+        return "input", "input", ""
+    bad = [name for name, ok in evidence.weights if not ok]
+    if bad:
+        return bad[0], "weights", ""
+    unwatched = (
+        f"{evidence.unwatched} weight-owning modules are not watched and may be the origin"
+        if evidence.unwatched
+        else ""
+    )
+    bad = [name for name, ok in evidence.outputs if not ok]
+    if bad:
+        return bad[0], "activation", unwatched
+    if not evidence.outputs:
+        return "loss", "loss", "no module output was recorded on this step"
+    return "loss", "loss", unwatched or "every watched output was finite: the loss itself overflowed"
 
 
-def locate_gradient(layers: Sequence[Layer], finite: Sequence[bool]) -> str:
-    """The layer where non-finite gradients under a finite loss arose: the last one in forward order."""
-    return [layer.name for layer, ok in zip(layers, finite, strict=True) if not ok][-1]
+def locate_gradient(gradients: Sequence[tuple[str, bool]]) -> str:
+    """Where non-finite gradients under a finite loss arose: the backward pass reaches the last
+    layer first, so the last non-finite one in forward order."""
+    return [name for name, ok in gradients if not ok][-1]

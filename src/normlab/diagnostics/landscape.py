@@ -16,8 +16,8 @@ from torch import Tensor, nn
 from normlab.diagnostics.geometry import covariate_shift, walk_along_gradient
 from normlab.diagnostics.hessian import top_hessian_eigenvalue
 from normlab.diagnostics.sandbox import LossFn, sandboxed, training_step_loss
+from normlab.diagnostics.selection import display_names
 from normlab.diagnostics.summary import merge_json
-from normlab.diagnostics.watch import display_names
 from normlab.errors import ConfigError
 
 INSTRUMENTS = ("loss_variation", "grad_predictiveness", "beta_smoothness", "ics", "sharpness")

@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import lightning as L
@@ -67,9 +65,25 @@ class Outputs:
         self._warning = (
             f"{owner}: {', '.join(blind)} shows no histograms; it gets the diagnostics' scalars" if blind else None
         )
+        self.gathering = False  # hold the numbers of each step until ``send``: one event per step
+        self._held: dict[int, tuple[dict, dict]] = {}
 
     def write(self, step: int, scalars: dict[str, float], histograms: dict[str, Histogram] | None = None) -> None:
         histograms = histograms or {}
+        if self.gathering:
+            held = self._held.setdefault(step, ({}, {}))
+            held[0].update(scalars)
+            held[1].update(histograms)
+            return
+        self._emit(step, scalars, histograms)
+
+    def send(self) -> None:
+        """Write what ``gathering`` held, a step at a time in step order."""
+        held, self._held = self._held, {}
+        for step in sorted(held):
+            self._emit(step, *held[step])
+
+    def _emit(self, step: int, scalars: dict[str, float], histograms: dict[str, Histogram]) -> None:
         if histograms and self._warning:
             rank_zero_warn(self._warning)
             self._warning = None
@@ -87,6 +101,7 @@ class Outputs:
             logger.log_metrics(metrics, step)
 
     def flush(self) -> None:
+        self.send()
         for logger in self.tensorboard:
             logger.experiment.flush()
 
@@ -115,34 +130,3 @@ def masked_crc32c(data: bytes) -> int:
     """TensorFlow's masked CRC-32C of a record (the same rotation and offset as TensorBoard's own)."""
     crc = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def custom_scalars_layout(modules: Sequence[str], percentile_tags: Sequence[str], layers: Sequence[str]) -> dict:
-    """TensorBoard's Custom Scalars layout for the watched modules and parameter layers.
-
-    Each module gets a margin chart of its percentile band (middle percentile as the line, the
-    lowest and highest as the band; Ioffe & Szegedy's Figure 1), and the per-layer gradient norms,
-    update ratios and weight norms each get a multi-line chart.
-
-    Args:
-        modules: display names of the watched modules.
-        percentile_tags: the percentile tag suffixes in increasing order, e.g. ``["p15", "p50", "p85"]``.
-        layers: display names of the parameter layers.
-    """
-    layout: dict[str, dict[str, list]] = {}
-    if len(percentile_tags) >= 2:
-        mid = percentile_tags[len(percentile_tags) // 2]
-        lo, hi = percentile_tags[0], percentile_tags[-1]
-        layout["activation percentiles"] = {
-            m: ["Margin", [f"act/{m}/{mid}", f"act/{m}/{lo}", f"act/{m}/{hi}"]] for m in modules
-        }
-    per_layer = {
-        f"{what} per layer": ["Multiline", [f"^{re.escape(f'{what}/{name}')}$" for name in layers]]
-        for what in ("grad_norm", "update_ratio", "weight_norm")
-    }
-    per_layer["global grad_norm"] = ["Multiline", ["^grad_norm/global$"]]
-    layout["layers"] = per_layer
-    layout["activation health"] = {
-        f"{stat} per module": ["Multiline", [f"^act/.*/{stat}$"]] for stat in ("std", "saturated", "dead", "nonfinite")
-    }
-    return layout

@@ -1,0 +1,198 @@
+"""Recording the watched modules' outputs on a logging step, measured as they leave the module.
+
+While a logging step's forward pass runs, each watched module's ``forward`` is wrapped
+(``RecordingForward``). The wrapper reduces the output at once to a small ``Measurement`` on the
+same device: a sample of its values (all of them up to ``sample_size``), whether it is finite, and
+what its role adds (dead units of a ReLU; the input and gamma/beta of a normalization layer; the
+batch-versus-running drift of a batch norm). Nothing else keeps the output, so an in-place
+activation that runs next (``ReLU(inplace=True)``) cannot change what was measured, and the memory
+held is bounded by ``sample_size`` per module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from normlab.diagnostics.selection import Watched
+
+SAMPLE_SEED = 1234  # the same positions are sampled at every step and in every run
+
+
+@dataclass
+class Measurement:
+    """What one module's output looked like on one step, as device tensors (0-d unless said)."""
+
+    sample: Tensor  # float32 values of the output, 1-d: all of them, or a fixed random subset
+    finite: Tensor | None  # whether every value of an output larger than the sample is finite
+    numel: int  # values in the whole output
+    extras: dict[str, Tensor] = field(default_factory=dict)  # by role: dead, input_mean, mean_drift, ...
+
+
+def first_tensor(output: Any) -> Tensor | None:
+    """The output itself, or the first tensor of a tuple or list (attention returns ``(out, weights)``)."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, tuple | list):
+        return next((o for o in output if isinstance(o, Tensor)), None)
+    return None
+
+
+class Sampler:
+    """Fixed random positions of outputs larger than ``size`` values, one set per size and device."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._positions: dict[tuple[int, torch.device], Tensor] = {}
+
+    def __call__(self, values: Tensor) -> Tensor:
+        flat = values.detach().reshape(-1)
+        if flat.numel() <= self.size:
+            return flat.to(torch.float32, copy=True)  # a copy: the module's next user may change it in place
+        key = (flat.numel(), flat.device)
+        if key not in self._positions:
+            generator = torch.Generator().manual_seed(SAMPLE_SEED)
+            picked = torch.randperm(flat.numel(), generator=generator)[: self.size].sort().values
+            self._positions[key] = picked.to(flat.device)
+        return flat[self._positions[key]].float()
+
+
+def measure(watched: Watched, output: Tensor, inputs: tuple, sampler: Sampler, before: tuple | None) -> Measurement:
+    """A module's output reduced to what the statistics need (see the module docstring)."""
+    output = output.detach()
+    sample = sampler(output)
+    whole = sample.numel() == output.numel()  # then the sample's own count says whether it is finite
+    found = Measurement(sample, None if whole else torch.isfinite(output).all(), output.numel())
+    if watched.rectifier and output.dim() > 1:  # a unit is dead when no example of the batch activates it
+        found.extras["dead"] = 1 - (output.reshape(output.shape[0], -1) > 0).any(0).float().mean()
+    if watched.norm:
+        found.extras.update(norm_extras(watched.module, inputs, before))
+    return found
+
+
+def norm_extras(module: nn.Module, inputs: tuple, before: tuple | None) -> dict[str, Tensor]:
+    """A normalization layer's input moments (what it normalizes), its gamma and beta means, and
+    for a batch norm how far the batch's statistics are from the running ones evaluation uses."""
+    extras: dict[str, Tensor] = {}
+    x = inputs[0].detach() if inputs and isinstance(inputs[0], Tensor) else None
+    if x is not None and x.is_floating_point():
+        if before is not None and x.dim() >= 2:
+            extras.update(batchnorm_statistics(x.float(), *before))
+        else:
+            std, mean = torch.std_mean(x.float(), correction=0)
+            extras.update(input_mean=mean, input_std=std)
+    for key, name in (("gamma_mean", "weight"), ("beta_mean", "bias")):
+        param = getattr(module, name, None)
+        if isinstance(param, Tensor) and param.is_floating_point():
+            extras[key] = param.detach().float().mean()
+    return extras
+
+
+def batchnorm_statistics(x: Tensor, running_mean: Tensor, running_var: Tensor, eps: float) -> dict[str, Tensor]:
+    """A batch norm's input mean and std, from its per-channel batch statistics, and their drift:
+    the mean over channels of ``|batch mean - running mean| / running std`` and of
+    ``|batch var / running var - 1|`` (biased batch variance, both variances plus ``eps``),
+    against the running statistics as they were before this batch."""
+    var, mean = torch.var_mean(x, dim=[d for d in range(x.dim()) if d != 1], correction=0)
+    overall = mean.mean()  # every channel has as many values
+    running_var = running_var.float() + eps
+    return {
+        "input_mean": overall,
+        "input_std": (var.mean() + (mean - overall).square().mean()).sqrt(),
+        "batch_mean_drift": ((mean - running_mean.float()).abs() / running_var.sqrt()).mean(),
+        "batch_var_drift": ((var + eps) / running_var - 1).abs().mean(),
+    }
+
+
+class ActivationRecorder:
+    """Measures each watched module's first output of a logging step (``attach`` ... ``detach``).
+
+    The wrapper is set on the module instance rather than registered as a forward hook: a module
+    with a hook (or all of them, under a global hook) takes ``Module.__call__``'s slower path.
+    """
+
+    def __init__(self, watched: list[Watched], sample_size: int) -> None:
+        self.watched = watched
+        self.sampler = Sampler(sample_size)
+        self.measured: dict[int, Measurement] = {}  # index in `watched` -> its measurement, in firing order
+        self.attached = False
+        self._forwards = [RecordingForward(self, i, w.module) for i, w in enumerate(watched)]
+
+    def attach(self) -> None:
+        self.measured = {}
+        for forward in self._forwards:
+            forward.install()
+        self.attached = True
+
+    def detach(self) -> None:
+        """Stop recording and give each watched module back the forward it had."""
+        self.attached = False
+        for forward in self._forwards:
+            forward.remove()
+
+    def before(self, index: int) -> tuple | None:
+        """A batch norm's running statistics before its first forward of the step, copied."""
+        module = self.watched[index].module
+        if index in self.measured or not self.watched[index].batchnorm or not module.training:
+            return None
+        return module.running_mean.clone(), module.running_var.clone(), module.eps
+
+    @torch.no_grad()
+    def record(self, index: int, inputs: tuple, output: Any, before: tuple | None) -> None:
+        tensor = first_tensor(output)
+        if index in self.measured or tensor is None or not tensor.is_floating_point():
+            return
+        self.measured[index] = measure(self.watched[index], tensor, inputs, self.sampler, before)
+
+
+class RecordingForward:
+    """A watched module's ``forward`` while a recorder is attached: the forward the module had
+    (its class's, or one set on the instance before), then the recorder's ``record``.
+
+    ``install`` puts it in the module's instance ``__dict__``; ``remove`` takes it out again, also
+    from under another recorder's that was installed after it (two callbacks watching one model).
+    """
+
+    __slots__ = ("recorder", "index", "module", "forward", "inner", "installed")
+
+    def __init__(self, recorder: ActivationRecorder, index: int, module: nn.Module) -> None:
+        self.recorder, self.index, self.module = recorder, index, module
+        self.forward = type(module).forward  # taken again at install: a module's class can change (FSDP)
+        self.inner: Any = None  # the forward set on the instance before this one, if any
+        self.installed = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        recorder, inner = self.recorder, self.inner
+        before = recorder.before(self.index) if recorder.attached else None
+        output = self.forward(self.module, *args, **kwargs) if inner is None else inner(*args, **kwargs)
+        if recorder.attached:
+            recorder.record(self.index, args, output, before)
+        return output
+
+    def install(self) -> None:
+        if not self.installed:
+            self.forward = type(self.module).forward
+            self.inner = self.module.__dict__.get("forward")
+            self.module.__dict__["forward"] = self
+            self.installed = True
+
+    def remove(self) -> None:
+        if not self.installed:
+            return
+        attributes = self.module.__dict__
+        top = attributes.get("forward")
+        if top is self:
+            if self.inner is None:
+                del attributes["forward"]
+            else:
+                attributes["forward"] = self.inner
+            self.installed = False
+            return
+        while isinstance(top, RecordingForward):  # another recorder's, installed after this one
+            if top.inner is self:
+                top.inner, self.installed = self.inner, False
+                return
+            top = top.inner

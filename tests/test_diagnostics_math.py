@@ -1,0 +1,220 @@
+"""The diagnostics' pure functions against numpy on known tensors, and their outputs, without a Trainer."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
+from tensorboard.summary.writer import record_writer
+from torch import nn
+
+from normlab.diagnostics import activation_math as am
+from normlab.diagnostics.cadence import Cadence
+from normlab.diagnostics.divergence import Evidence, first_nonfinite, locate_gradient, locate_loss
+from normlab.diagnostics.output import Histogram, Outputs, masked_crc32c, use_fast_checksums
+from normlab.diagnostics.parameters import layer_values, membership, parameter_layers, tensor_norms
+from normlab.diagnostics.summary import RunSummary, merge_json
+
+RNG = np.random.default_rng(0)
+
+
+def samples() -> list[np.ndarray]:
+    """Rows of different lengths and scales: tiny embeddings, a unit Gaussian, a ReLU-like one, and
+    one with NaN and inf among its values."""
+    tiny = RNG.normal(0.001, 0.007, 8000)
+    unit = RNG.normal(0.0, 1.0, 20000)
+    relu = np.maximum(RNG.normal(0.2, 1.0, 1000), 0)
+    broken = RNG.normal(3.0, 2.0, 400)
+    broken[[3, 50, 77]] = [np.nan, np.inf, -np.inf]
+    return [tiny, unit, relu, broken]
+
+
+def matrix(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    x = am.stack_samples([torch.tensor(r, dtype=torch.float32) for r in rows])
+    return x, torch.tensor([len(r) for r in rows])
+
+
+def test_moments_and_percentiles_equal_numpy_at_every_scale() -> None:
+    rows = samples()
+    x, lengths = matrix(rows)
+    saturation = torch.tensor([[np.nan, np.nan]] * 3 + [[3.0, 1.0]])
+    got = am.moments(x, lengths, saturation).numpy()
+    pct = am.exact_percentiles(x, [15, 50, 85]).numpy()
+    binned, width = (t.numpy() for t in am.binned_percentiles(x, [15, 50, 85]))
+    for i, row in enumerate(rows):
+        finite = row[np.isfinite(row)].astype(np.float32).astype(np.float64)
+        stats = dict(zip(am.MOMENTS, got[i], strict=True))
+        assert stats["count"] == len(finite) and stats["nonfinite"] == len(row) - len(finite)
+        assert stats["mean"] == pytest.approx(finite.mean(), rel=1e-4, abs=1e-7)
+        assert stats["std"] == pytest.approx(finite.std(), rel=1e-4)
+        assert stats["sum_squares"] == pytest.approx(np.square(finite).sum(), rel=1e-4)
+        spread = np.percentile(finite, 85) - np.percentile(finite, 15)
+        assert np.abs(pct[i] - np.percentile(finite, [15, 50, 85])).max() < 1e-5 * spread + 1e-9
+        if len(finite) >= am.FINE_BINS:  # smaller rows are sorted: their values lie further apart than a bin
+            assert np.abs(binned[i] - pct[i]).max() <= width[i] < am.BINNED_ERROR * spread
+    assert np.isnan(got[0][am.MOMENTS.index("saturated")])
+    broken = rows[3][np.isfinite(rows[3])]
+    assert got[3][am.MOMENTS.index("saturated")] == pytest.approx(np.mean(np.abs(broken - 3) > 1), rel=1e-6)
+
+
+def test_percentiles_of_a_row_without_finite_values_are_nan() -> None:
+    x, _ = matrix([np.array([np.nan, np.inf]), np.array([1.0, 2.0, 3.0]), np.array([5.0, 5.0])])
+    out = am.exact_percentiles(x, [0, 50, 100]).numpy()
+    assert np.isnan(out[0]).all() and out[1].tolist() == [1.0, 2.0, 3.0]
+    binned, width = am.binned_percentiles(x, [0, 50, 100])
+    assert np.isnan(binned[0].numpy()).all() and binned[2].tolist() == [5.0, 5.0, 5.0] and width[2] == 0
+
+
+def test_heavy_outliers_make_the_fine_bins_too_coarse_to_trust() -> None:
+    """One value in a thousand at 10^4 standard deviations: the bins span the outliers, so their
+    width exceeds the allowed error and the callback sorts that row instead."""
+    row = RNG.normal(0.0, 1.0, 10_000)
+    row[::1000] = 1e4
+    x, _ = matrix([row])
+    binned, width = am.binned_percentiles(x, [15, 85])
+    exact = am.exact_percentiles(x, [15, 85])
+    assert width[0] > am.BINNED_ERROR * (exact[0, 1] - exact[0, 0])
+
+
+def test_histogram_counts_equal_numpy_with_outliers_in_the_edge_bins() -> None:
+    rows = samples()
+    x, _ = matrix(rows)
+    ranges = torch.tensor([[-0.03, 0.03], [-4.0, 4.0], [0.0, 4.0], [-8.0, 8.0]])
+    counts = am.histogram_counts(x, ranges, 16).numpy()
+    for i, row in enumerate(rows):
+        low, high = ranges[i].tolist()
+        finite = np.clip(row[np.isfinite(row)].astype(np.float32), low, np.nextafter(np.float32(high), -np.inf))
+        expected, _ = np.histogram(finite, bins=16, range=(low, high))
+        assert counts[i].tolist() == expected.tolist()
+
+
+def test_a_fixed_range_is_a_power_of_two_around_the_values() -> None:
+    assert am.fixed_range(-0.02, 0.025) == (-0.03125, 0.03125)
+    assert am.fixed_range(0.0, 3.0) == (0.0, 4.0)
+    assert am.fixed_range(-5.0, -1.0) == (-8.0, 0.0)
+    assert am.fixed_range(0.0, 0.0) is None and am.fixed_range(float("nan"), 1.0) is None
+    assert am.histogram_edges(-1.0, 1.0, 4) == [-1.0, -0.5, 0.0, 0.5, 1.0]
+
+
+def test_cadence_counts_dense_and_regular_logging_steps() -> None:
+    cadence = Cadence(every=10, dense_every=3, dense_until=10)
+    assert [s for s in range(31) if cadence.is_logging_step(s)] == [0, 3, 6, 9, 10, 20, 30]
+    assert cadence.longest_gap() == 10
+    with pytest.raises(ValueError, match="must be >= 1"):
+        Cadence(every=0)
+
+
+# ----------------------------------------------------------------------------- parameters
+def test_layer_values_equal_the_norms_of_the_layers_tensors() -> None:
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2))
+    layers = parameter_layers(model)
+    params = [p for layer in layers for p in layer.params]
+    grads = [torch.randn_like(p) for p in params]
+    updates = [0.01 * torch.randn_like(p) for p in params]
+    present = [0, 1, 4, 5]  # the batch norm has no gradient this step
+    values = layer_values(
+        tensor_norms([grads[i] for i in present]).numpy(),
+        tensor_norms(params).numpy(),
+        tensor_norms(updates).numpy(),
+        membership(layers),
+        present,
+    )
+    for i, layer in enumerate(layers):
+        idx = [next(k for k, q in enumerate(params) if q is p) for p in layer.params]
+        weight = torch.cat([params[j].detach().flatten() for j in idx]).norm().item()
+        grad = torch.cat([grads[j].flatten() for j in idx if j in present] or [torch.zeros(1)]).norm().item()
+        update = torch.cat([updates[j].flatten() for j in idx]).norm().item()
+        assert values["weight_norm"][i] == pytest.approx(weight, rel=1e-5)
+        assert values["grad_norm"][i] == pytest.approx(grad, rel=1e-5, abs=1e-7)
+        assert values["update_ratio"][i] == pytest.approx(update / weight, rel=1e-5)
+    everything = torch.cat([grads[j].flatten() for j in present]).norm().item()
+    assert values["global"] == pytest.approx(everything, rel=1e-5)
+
+
+def test_tied_parameters_are_counted_once_in_their_first_module() -> None:
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False))
+    model[1].weight = model[0].weight  # the output layer shares the embedding
+    with pytest.warns(UserWarning, match=r"tied parameters are counted once.*1.weight is 0.weight"):
+        layers = parameter_layers(model)
+    assert [layer.name for layer in layers] == ["0"] and layers[0].params == [model[0].weight]
+
+
+# ----------------------------------------------------------------------------- divergence
+def test_locate_loss_follows_the_evidence_in_causal_order() -> None:
+    fine = [("a", True), ("b", True)]
+    assert locate_loss(Evidence(False, fine, [], fine)) == ("input", "input", "")
+    assert locate_loss(Evidence(True, [("a", True), ("b", False)], [("m", False)], fine))[:2] == ("b", "weights")
+    layer, source, note = locate_loss(Evidence(True, fine, [("m1", True), ("m2", False)], fine, unwatched=2))
+    assert (layer, source) == ("m2", "activation") and "2 weight-owning modules are not watched" in note
+    assert locate_loss(Evidence(True, fine, [("m1", True)], fine))[:2] == ("loss", "loss")
+    assert locate_gradient([("a", False), ("b", False), ("c", True)]) == "b"
+    assert first_nonfinite([1.0, 2.0, float("inf"), float("nan")]) == 2 and first_nonfinite([1.0]) is None
+
+
+def test_merge_json_keeps_other_keys(tmp_path) -> None:
+    path = tmp_path / "summary.json"
+    path.write_text(json.dumps({"landscape": {"sharpness": 3.0}, "status": "failed"}))
+    summary = RunSummary(target_acc=0.9)
+    summary.observe_grad_norm(2.0)
+    summary.observe_grad_norm(float("nan"))
+    summary.observe_validation(0.5, 10)
+    summary.observe_validation(0.95, 20)
+    summary.mark_diverged(25, "layer2.fc", "weights")
+    merge_json(path, summary.as_dict())
+    data = json.loads(path.read_text())
+    assert data["landscape"] == {"sharpness": 3.0}
+    assert data["status"] == "diverged" and data["divergence_step"] == 25 and data["divergence_layer"] == "layer2.fc"
+    assert (data["max_grad_norm"], data["final_grad_norm"], data["steps_to_target"]) == (2.0, None, 20)
+    assert (data["best_val_acc"], data["final_val_acc"]) == (0.95, 0.95)
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temporary file left behind
+
+
+# ----------------------------------------------------------------------------- output
+def test_histogram_proto_is_what_add_histogram_raw_writes() -> None:
+    edges, counts = np.linspace(-1, 1, 5), np.array([1.0, 0, 2, 3])
+    proto = Histogram(edges, counts, 6, 1.5, 4.0).proto()
+    assert (proto.min, proto.max, proto.num, proto.sum, proto.sum_squares) == (-1, 1, 6, 1.5, 4.0)
+    assert list(proto.bucket_limit) == list(edges[1:]) and list(proto.bucket) == list(counts)
+
+
+def test_fast_checksums_equal_tensorboards_own() -> None:
+    assert use_fast_checksums()
+    for size in (0, 1, 7, 8, 1000, 40_000):
+        data = RNG.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert masked_crc32c(data) == pywrap_tensorflow.masked_crc32c(data)
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["google-crc32c", "tensorboard-checksums"])
+def test_written_steps_read_back_with_either_checksums(tmp_path, monkeypatch, fast: bool) -> None:
+    use_fast_checksums()
+    if not fast:
+        monkeypatch.setattr(record_writer, "masked_crc32c", pywrap_tensorflow.masked_crc32c)
+    logger = TensorBoardLogger(tmp_path, name="", version="")
+    outputs = Outputs(SimpleNamespace(loggers=[logger]))
+    steps = [0, 127, 128, 20_000]
+    for step in steps:
+        hist = Histogram(np.linspace(0, 1, 5), np.array([1.0, 1, 2, 0]), 4, 2.0, 1.5)
+        outputs.write(step, {"a": float(step), "b": 2.0 * step}, {"h": hist})
+    outputs.flush()
+    events = EventAccumulator(str(tmp_path), size_guidance={"scalars": 0, "histograms": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("b")] == [(s, 2.0 * s) for s in steps]
+    assert [list(e.histogram_value.bucket) for e in events.Histograms("h")] == [[1, 1, 2, 0]] * 4
+
+
+def test_a_logger_without_histograms_gets_the_scalars_and_one_warning(tmp_path) -> None:
+    logger = CSVLogger(tmp_path, name="", version="")
+    outputs = Outputs(SimpleNamespace(loggers=[logger]))
+    hist = Histogram(np.linspace(0, 1, 3), np.array([1.0, 1]), 2, 1.0, 0.5)
+    with pytest.warns(UserWarning, match="CSVLogger shows no histograms") as caught:
+        outputs.write(0, {"a": 1.0}, {"h": hist})
+        outputs.write(1, {"a": 2.0}, {"h": hist})
+    assert len(caught) == 1
+    logger.save()
+    assert (tmp_path / "metrics.csv").read_text().splitlines() == ["a,step", "1.0,0", "2.0,1"]
