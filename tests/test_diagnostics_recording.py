@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from normlab.diagnostics.activation_math import role_scalars
 from normlab.diagnostics.recording import ActivationRecorder, Sampler
 from normlab.diagnostics.selection import select_modules
 from normlab.models import MLP
@@ -111,16 +112,18 @@ def test_measurements_are_what_leaves_each_module_even_before_an_inplace_relu() 
     bn_in, bn_out = seen[1]
     torch.testing.assert_close(measured["1"].sample, bn_out.flatten())  # not the ReLU's output
     assert (measured["1"].sample < 0).any()
-    extras = measured["1"].extras
-    assert extras["input_mean"].item() == pytest.approx(bn_in.mean().item(), abs=1e-6)
-    assert extras["input_std"].item() == pytest.approx(bn_in.std(correction=0).item(), rel=1e-5)
+    scalars = role_scalars({k: v.float().numpy() for k, v in measured["1"].extras.items()})
+    assert scalars["input_mean"] == pytest.approx(bn_in.mean().item(), abs=1e-6)
+    assert scalars["input_std"] == pytest.approx(bn_in.std(correction=0).item(), rel=1e-5)
     batch_mean, batch_var = bn_in.mean((0, 2, 3)), bn_in.var((0, 2, 3), correction=0)
     drift = ((batch_mean - before[0]).abs() / (before[1] + 1e-5).sqrt()).mean()
-    assert extras["batch_mean_drift"].item() == pytest.approx(drift.item(), rel=1e-5)
+    assert scalars["batch_mean_drift"] == pytest.approx(drift.item(), rel=1e-5)
     var_drift = ((batch_var + 1e-5) / (before[1] + 1e-5) - 1).abs().mean()
-    assert extras["batch_var_drift"].item() == pytest.approx(var_drift.item(), rel=1e-5)
+    assert scalars["batch_var_drift"] == pytest.approx(var_drift.item(), rel=1e-5)
+    assert scalars["gamma_mean"] == pytest.approx(net[1].weight.mean().item())
     relu = seen[2][1].reshape(8, -1)
-    assert measured["2"].extras["dead"].item() == pytest.approx((relu <= 0).all(0).float().mean().item())
+    dead = role_scalars({k: v.float().numpy() for k, v in measured["2"].extras.items()})["dead"]
+    assert dead == pytest.approx((relu <= 0).all(0).float().mean().item())
     assert all(m.finite is None for m in measured.values())  # whole outputs: their sample tells
 
 

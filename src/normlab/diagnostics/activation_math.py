@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -123,3 +124,33 @@ def fixed_range(low: float, high: float) -> tuple[float, float] | None:
 
 def histogram_edges(low: float, high: float, bins: int) -> list[float]:
     return [low + (high - low) * i / bins for i in range(bins + 1)]
+
+
+def role_scalars(raw: dict[str, np.ndarray]) -> dict[str, float]:
+    """The scalars of a module's role from its raw numbers (``recording.measure``), on the host.
+
+    ``alive`` (per unit: did any example activate it) gives ``dead``; a normalization layer's
+    ``weight`` and ``bias`` give ``gamma_mean`` and ``beta_mean``; a batch norm's per-channel
+    ``batch_mean`` and biased ``batch_var`` give its input's mean and std and, against the running
+    statistics from before the batch, ``batch_mean_drift`` (mean over channels of ``|batch mean -
+    running mean| / running std``) and ``batch_var_drift`` (of ``|batch var / running var - 1|``,
+    both variances plus ``eps``).
+    """
+    out: dict[str, float] = {}
+    if "alive" in raw:
+        out["dead"] = 1.0 - float(np.mean(raw["alive"]))
+    if "batch_mean" in raw:
+        mean, var, eps = raw["batch_mean"], raw["batch_var"], float(raw["eps"])
+        running_var = raw["running_var"] + eps
+        out["input_mean"] = float(mean.mean())  # every channel holds as many values
+        out["input_std"] = float(np.sqrt(var.mean() + np.square(mean - mean.mean()).mean()))
+        out["batch_mean_drift"] = float((np.abs(mean - raw["running_mean"]) / np.sqrt(running_var)).mean())
+        out["batch_var_drift"] = float(np.abs((var + eps) / running_var - 1).mean())
+    for key in ("input_mean", "input_std"):
+        if key in raw:
+            out[key] = float(raw[key])
+    if "weight" in raw:
+        out["gamma_mean"] = float(raw["weight"].mean())
+    if "bias" in raw:
+        out["beta_mean"] = float(raw["bias"].mean())
+    return out

@@ -185,18 +185,18 @@ class ActivationStatistics(DiagnosticsCallback):
         ranges = torch.tensor([self._ranges.get(i, (-1.0, 1.0)) for i in indices], device=x.device)
         pct, width = math_.binned_percentiles(x, self.percentiles)
         flags = [m.finite for m in found if m.finite is not None]
-        extras = [(self._extra_tag(i, key), value) for i, m in measured.items() for key, value in m.extras.items()]
+        raw = [(row, key, value) for row, m in enumerate(found) for key, value in m.extras.items()]
         parts = {
             "moments": math_.moments(x, lengths, self._saturation(indices, x.device)),
             "percentiles": pct,
             "width": width,
             "counts": math_.histogram_counts(x, ranges, self.bins),
-            "finite": torch.stack(flags).float() if flags else x.new_zeros(0),
-            "extras": torch.stack([v.float() for _, v in extras]) if extras else x.new_zeros(0),
+            "finite": torch.stack(flags) if flags else x.new_zeros(0),
+            **{f"{row}.{key}": value for row, key, value in raw},
         }
         host = _to_host(parts)  # the one copy of this step
         self._refine(x, host)
-        return self._tags(indices, found, host, [tag for tag, _ in extras])
+        return self._tags(indices, found, host)
 
     def _refine(self, x: Tensor, host: dict[str, np.ndarray]) -> None:
         """Sort the rows whose fine bins were too coarse for their spread (heavy outliers), and the
@@ -210,8 +210,8 @@ class ActivationStatistics(DiagnosticsCallback):
             longest = int(host["moments"][coarse, 0].max() + host["moments"][coarse, 1].max())
             pct[coarse] = math_.exact_percentiles(x[rows, : max(longest, 1)], self.percentiles).cpu().numpy()
 
-    def _tags(self, indices: list[int], found: list[Measurement], host: dict[str, np.ndarray], extra_tags: list[str]):
-        scalars = dict(zip(extra_tags, host["extras"].tolist(), strict=True))
+    def _tags(self, indices: list[int], found: list[Measurement], host: dict[str, np.ndarray]):
+        scalars: dict[str, float] = {}
         histograms, finite, flags = {}, [], iter(host["finite"].tolist())
         for row, (i, m) in enumerate(zip(indices, found, strict=True)):
             w, stats = self.watched[i], dict(zip(math_.MOMENTS, host["moments"][row].tolist(), strict=True))
@@ -224,6 +224,9 @@ class ActivationStatistics(DiagnosticsCallback):
             if w.saturating:
                 scalars[f"{tag}/saturated"] = stats["saturated"]
             finite.append(stats["nonfinite"] == 0 if m.finite is None else next(flags) > 0)
+            raw = {key: host[f"{row}.{key}"] for key in m.extras}
+            for key, value in math_.role_scalars(raw).items():
+                scalars[self._extra_tag(i, key)] = value
             edges = self._edges(self._ranges.get(i, (-1.0, 1.0)))
             histograms[tag] = Histogram(edges, host["counts"][row], stats["count"], stats["sum"], stats["sum_squares"])
         return scalars, histograms, finite

@@ -16,6 +16,8 @@ from normlab.diagnostics.base import DiagnosticsCallback
 from normlab.diagnostics.parameters import (
     PER_LAYER,
     Layer,
+    copies,
+    differences,
     layer_values,
     membership,
     nonfinite_counts,
@@ -88,7 +90,7 @@ class ParameterHealth(DiagnosticsCallback):
         if not present:
             return
         grads = [self._params[i].grad for i in present]
-        before = [p.detach().clone() for p in self._params]
+        before = copies(self._params)
         self._pending = _Pending(step, present, tensor_norms(grads + self._params), before)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
@@ -96,7 +98,7 @@ class ParameterHealth(DiagnosticsCallback):
         if pending is None or trainer.global_step <= pending.step:  # the optimizer has not stepped yet
             return
         self._pending = None
-        update = tensor_norms([p.detach() - b for p, b in zip(self._params, pending.before, strict=True)])
+        update = tensor_norms(differences(self._params, pending.before))
         host = torch.cat([pending.norms, update]).cpu().numpy()  # the one copy of this step
         grad, rest = np.split(host, [len(pending.present)])
         weight, update = np.split(rest, 2)

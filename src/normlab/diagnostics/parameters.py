@@ -75,6 +75,18 @@ def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32) for t in tensors])
 
 
+@torch.no_grad()
+def copies(tensors: Sequence[Tensor]) -> list[Tensor]:
+    """A copy of each tensor (one call for all of them: ``torch._foreach_mul`` makes new tensors)."""
+    return torch._foreach_mul([t.detach() for t in tensors], 1.0)
+
+
+@torch.no_grad()
+def differences(after: Sequence[Tensor], before: Sequence[Tensor]) -> list[Tensor]:
+    """``after - before`` for each pair of tensors, in one call."""
+    return torch._foreach_sub([t.detach() for t in after], list(before))
+
+
 def nonfinite_counts(tensors: Sequence[Tensor]) -> list[int]:
     """Number of NaN or infinite values of each tensor (a read per tensor: for the rare bad step)."""
     return [int((~torch.isfinite(t)).sum()) for t in tensors]

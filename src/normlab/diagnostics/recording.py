@@ -3,8 +3,8 @@
 While a logging step's forward pass runs, each watched module's ``forward`` is wrapped
 (``RecordingForward``). The wrapper reduces the output at once to a small ``Measurement`` on the
 same device: a sample of its values (all of them up to ``sample_size``), whether it is finite, and
-what its role adds (dead units of a ReLU; the input and gamma/beta of a normalization layer; the
-batch-versus-running drift of a batch norm). Nothing else keeps the output, so an in-place
+what its role adds (which units of a ReLU fired; the input, gamma and beta of a normalization
+layer, and a batch norm's running statistics from before the batch). Nothing else keeps the output, so an in-place
 activation that runs next (``ReLU(inplace=True)``) cannot change what was measured, and the memory
 held is bounded by ``sample_size`` per module.
 """
@@ -29,7 +29,7 @@ class Measurement:
     sample: Tensor  # float32 values of the output, 1-d: all of them, or a fixed random subset
     finite: Tensor | None  # whether every value of an output larger than the sample is finite
     numel: int  # values in the whole output
-    extras: dict[str, Tensor] = field(default_factory=dict)  # by role: dead, input_mean, mean_drift, ...
+    extras: dict[str, Tensor] = field(default_factory=dict)  # by role: alive units, a norm's input, gamma, ...
 
 
 def first_tensor(output: Any) -> Tensor | None:
@@ -61,50 +61,39 @@ class Sampler:
 
 
 def measure(watched: Watched, output: Tensor, inputs: tuple, sampler: Sampler, before: tuple | None) -> Measurement:
-    """A module's output reduced to what the statistics need (see the module docstring)."""
+    """A module's output reduced to what the statistics need (see the module docstring). The role's
+    raw numbers (``extras``) are taken as they are; ``activation_math.role_scalars`` reduces them
+    on the host."""
     output = output.detach()
     sample = sampler(output)
     whole = sample.numel() == output.numel()  # then the sample's own count says whether it is finite
     found = Measurement(sample, None if whole else torch.isfinite(output).all(), output.numel())
     if watched.rectifier and output.dim() > 1:  # a unit is dead when no example of the batch activates it
-        found.extras["dead"] = 1 - (output.reshape(output.shape[0], -1) > 0).any(0).float().mean()
+        found.extras["alive"] = (output.reshape(output.shape[0], -1) > 0).any(0)
     if watched.norm:
         found.extras.update(norm_extras(watched.module, inputs, before))
     return found
 
 
 def norm_extras(module: nn.Module, inputs: tuple, before: tuple | None) -> dict[str, Tensor]:
-    """A normalization layer's input moments (what it normalizes), its gamma and beta means, and
-    for a batch norm how far the batch's statistics are from the running ones evaluation uses."""
+    """A normalization layer's input (what it normalizes: per-channel batch statistics for a batch
+    norm, else the moments of the whole input), its gamma and beta, and a batch norm's running
+    statistics from before this batch."""
     extras: dict[str, Tensor] = {}
     x = inputs[0].detach() if inputs and isinstance(inputs[0], Tensor) else None
     if x is not None and x.is_floating_point():
         if before is not None and x.dim() >= 2:
-            extras.update(batchnorm_statistics(x.float(), *before))
+            var, mean = torch.var_mean(x.float(), dim=[d for d in range(x.dim()) if d != 1], correction=0)
+            extras.update(batch_mean=mean, batch_var=var, running_mean=before[0], running_var=before[1])
+            extras["eps"] = torch.tensor(float(before[2]), device=x.device)
         else:
             std, mean = torch.std_mean(x.float(), correction=0)
             extras.update(input_mean=mean, input_std=std)
-    for key, name in (("gamma_mean", "weight"), ("beta_mean", "bias")):
-        param = getattr(module, name, None)
+    for key in ("weight", "bias"):
+        param = getattr(module, key, None)
         if isinstance(param, Tensor) and param.is_floating_point():
-            extras[key] = param.detach().float().mean()
+            extras[key] = param.detach()
     return extras
-
-
-def batchnorm_statistics(x: Tensor, running_mean: Tensor, running_var: Tensor, eps: float) -> dict[str, Tensor]:
-    """A batch norm's input mean and std, from its per-channel batch statistics, and their drift:
-    the mean over channels of ``|batch mean - running mean| / running std`` and of
-    ``|batch var / running var - 1|`` (biased batch variance, both variances plus ``eps``),
-    against the running statistics as they were before this batch."""
-    var, mean = torch.var_mean(x, dim=[d for d in range(x.dim()) if d != 1], correction=0)
-    overall = mean.mean()  # every channel has as many values
-    running_var = running_var.float() + eps
-    return {
-        "input_mean": overall,
-        "input_std": (var.mean() + (mean - overall).square().mean()).sqrt(),
-        "batch_mean_drift": ((mean - running_mean.float()).abs() / running_var.sqrt()).mean(),
-        "batch_var_drift": ((var + eps) / running_var - 1).abs().mean(),
-    }
 
 
 class ActivationRecorder:
