@@ -1,11 +1,12 @@
-"""The activation statistics of several modules at once, on their device: pure functions of the
-modules' samples (``recording.Measurement.sample``), tested against numpy.
+"""The activation statistics of several modules at once: pure functions of the modules' samples
+(``recording.Measurement.sample``), tested against numpy.
 
-The samples are stacked into one ``(modules, values)`` matrix, padded with NaN, so that a handful
-of tensor operations serve every module: moments, percentiles, histogram counts over each module's
-own fixed bins, and the fraction of saturated values. Percentiles are read from fine bins spanning
-each row's own values (``binned_percentiles``, a linear pass); a row whose bins are too coarse for
-its spread (heavy outliers) is sorted instead (``exact_percentiles``).
+On the device, the samples are stacked into one ``(modules, values)`` matrix, padded with NaN, and
+two passes serve every module: the moments (``moments``) and one fine histogram over each module's
+fixed range (``fine_histogram``, ``FINE`` fine bins per displayed bin). On the host, that fine
+histogram gives the displayed histogram (``coarsen``), the percentiles (``binned_percentiles``)
+and the saturated fraction. A row whose fine bins are too coarse for its spread, or whose
+percentiles fall among outliers in an edge bin, is sorted instead (``exact_percentiles``).
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-MOMENTS = ("count", "nonfinite", "mean", "std", "sum", "sum_squares", "saturated")
-FINE_BINS = 2048
-# a binned percentile is within one fine bin of the exact one: at most this fraction of the spread
+MOMENTS = ("count", "nonfinite", "mean", "std", "sum", "sum_squares")
+FINE = 64  # fine bins per displayed bin
+# a binned percentile is trusted when one fine bin is at most this fraction of the spread
 BINNED_ERROR = 0.005
 
 
@@ -32,51 +33,29 @@ def stack_samples(samples: Sequence[Tensor]) -> Tensor:
     return out
 
 
-def moments(x: Tensor, lengths: Tensor, saturation: Tensor) -> Tensor:
-    """Per row ``MOMENTS``: finite values, non-finite values (of ``lengths`` real ones), their mean,
-    std, sum and sum of squares, and the fraction saturated (NaN for rows without bounds).
-
-    Args:
-        x: ``(rows, values)`` NaN-padded samples.
-        lengths: ``(rows,)`` number of real values per row.
-        saturation: ``(rows, 2)`` per row ``[middle, threshold]``: a value is saturated when
-            ``|value - middle| > threshold``; NaN for rows without bounds.
-    """
+def moments(x: Tensor, lengths: Tensor) -> Tensor:
+    """Per row ``MOMENTS`` of the finite values: their count, the non-finite values among the
+    ``lengths`` real ones, mean, std, sum and sum of squares (summed in float64)."""
     finite = torch.isfinite(x)
-    count = finite.sum(1).float()
+    count = finite.sum(1, dtype=torch.float64)
     values = torch.where(finite, x, 0.0)
-    total = values.sum(1)
+    total = values.sum(1, dtype=torch.float64)
+    sum_squares = values.square().sum(1, dtype=torch.float64)
     mean = total / count
-    centered = torch.where(finite, x - mean[:, None], 0.0)
-    std = (centered.square().sum(1) / count).sqrt()
-    sum_squares = values.square().sum(1)
-    middle, threshold = saturation[:, :1], saturation[:, 1:]
-    saturated = (finite & ((x - middle).abs() > threshold)).sum(1).float() / count
-    saturated = torch.where(saturation[:, 1].isnan(), math.nan, saturated)
-    return torch.stack([count, lengths.float() - count, mean, std, total, sum_squares, saturated], dim=1)
+    std = (sum_squares / count - mean.square()).clamp(min=0).sqrt()
+    return torch.stack([count, lengths.double() - count, mean, std, total, sum_squares], dim=1)
 
 
-def binned_percentiles(x: Tensor, q: Sequence[float], bins: int = FINE_BINS) -> tuple[Tensor, Tensor]:
-    """``(rows, len(q))`` percentiles of each row's finite values, read from ``bins`` equal bins
-    between the row's smallest and largest value (the values of a bin taken as evenly spread in
-    it), and each row's bin width: the result is within one width of ``exact_percentiles``."""
+def fine_histogram(x: Tensor, ranges: Tensor, bins: int) -> Tensor:
+    """``(rows, bins + 2)`` counts of each row's finite values: below its range ``ranges[row] =
+    [low, high]``, in each of ``bins`` equal bins of it, and above it."""
     finite = torch.isfinite(x)
-    count = finite.sum(1, keepdim=True)
-    low = torch.where(finite, x, math.inf).amin(1, keepdim=True)
-    high = torch.where(finite, x, -math.inf).amax(1, keepdim=True)
-    width = torch.where(high > low, (high - low) / bins, 0.0)
-    index = torch.where(finite, (x - low) / torch.where(width > 0, width, 1.0), 0).floor().clamp(0, bins - 1)
-    rows = torch.arange(x.shape[0], device=x.device)[:, None]
-    counts = torch.zeros(x.shape[0] * bins, dtype=torch.float32, device=x.device)
-    counts.index_add_(0, (index.long() + bins * rows).reshape(-1), finite.reshape(-1).float())
-    counts = counts.view(x.shape[0], bins)
-    cumulative = counts.cumsum(1)
-    rank = (count - 1).clamp(min=0) * torch.tensor(q, dtype=torch.float32, device=x.device) / 100
-    j = torch.searchsorted(cumulative, rank.contiguous(), right=True).clamp(max=bins - 1)
-    before = torch.where(j > 0, cumulative.gather(1, (j - 1).clamp(min=0)), 0.0)
-    inside = counts.gather(1, j).clamp(min=1)
-    out = low + width * (j + ((rank - before + 0.5) / inside).clamp(0, 1))
-    return torch.where(count > 0, out, math.nan), width[:, 0]
+    low, high = ranges[:, :1], ranges[:, 1:]
+    index = ((x - low) * (bins / (high - low))).floor_().clamp_(-1, bins) + 1
+    index = torch.where(finite, index, 0).long() + (bins + 2) * torch.arange(x.shape[0], device=x.device)[:, None]
+    counts = torch.zeros(x.shape[0] * (bins + 2), dtype=torch.float32, device=x.device)
+    counts.index_add_(0, index.reshape(-1), finite.reshape(-1).float())  # no read back, unlike bincount
+    return counts.view(x.shape[0], bins + 2)
 
 
 def exact_percentiles(x: Tensor, q: Sequence[float]) -> Tensor:
@@ -87,24 +66,56 @@ def exact_percentiles(x: Tensor, q: Sequence[float]) -> Tensor:
     ordered = torch.where(finite, x, math.inf).sort(dim=1).values
     position = (count - 1).clamp(min=0) * torch.tensor(q, dtype=torch.float32, device=x.device) / 100
     low = position.floor().long()
-    high = (low + 1).clamp(max=x.shape[1] - 1)
-    high = torch.minimum(high, (count - 1).clamp(min=0))
+    high = torch.minimum((low + 1).clamp(max=x.shape[1] - 1), (count - 1).clamp(min=0))
     fraction = position - low
     a, b = ordered.gather(1, low), ordered.gather(1, high)
     out = a + (b - a) * fraction
     return torch.where(count > 0, out, math.nan)
 
 
-def histogram_counts(x: Tensor, ranges: Tensor, bins: int) -> Tensor:
-    """``(rows, bins)`` counts of each row's finite values over ``bins`` equal bins of its range
-    ``ranges[row] = [low, high]``; values outside fall into the first or last bin."""
-    finite = torch.isfinite(x)
-    low, high = ranges[:, :1], ranges[:, 1:]
-    index = ((x - low) / (high - low) * bins).floor().clamp(0, bins - 1)
-    index = torch.where(finite, index, 0).long() + bins * torch.arange(x.shape[0], device=x.device)[:, None]
-    counts = torch.zeros(x.shape[0] * bins, dtype=torch.float32, device=x.device)
-    counts.index_add_(0, index.reshape(-1), finite.reshape(-1).float())  # no read back, unlike bincount
-    return counts.view(x.shape[0], bins)
+# ----------------------------------------------------------------------------- on the host
+def coarsen(counts: np.ndarray, factor: int) -> np.ndarray:
+    """Fine counts ``(rows, bins * factor + 2)`` summed into ``(rows, bins)``, the values below
+    and above the range in the first and the last bin."""
+    inner = counts[:, 1:-1].reshape(counts.shape[0], -1, factor).sum(2)
+    inner[:, 0] += counts[:, 0]
+    inner[:, -1] += counts[:, -1]
+    return inner
+
+
+def binned_percentiles(counts: np.ndarray, ranges: np.ndarray, q: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Percentiles ``(rows, len(q))`` from fine counts over ``ranges`` (``fine_histogram``), the
+    values of a bin taken as evenly spread in it: within one bin width of the exact value, or of
+    the gap between the two values around it where that is wider (a small sample). Also per row
+    whether they are to be trusted: a bin is at most ``BINNED_ERROR`` of the spread between the
+    lowest and the highest percentile, and none lies below or above the range."""
+    rows, bins = counts.shape[0], counts.shape[1] - 2
+    cumulative = counts.cumsum(1)
+    total = cumulative[:, -1:]
+    rank = np.maximum(total - 1, 0) * np.asarray(q, np.float64) / 100
+    out, where = np.empty((rows, len(q))), np.empty((rows, len(q)), dtype=np.int64)
+    for r in range(rows):
+        j = np.searchsorted(cumulative[r], rank[r], side="right")
+        before = np.where(j > 0, cumulative[r][np.maximum(j - 1, 0)], 0.0)
+        inside = np.maximum(counts[r][np.minimum(j, bins + 1)], 1)
+        where[r] = j
+        out[r] = j - 1 + np.clip((rank[r] - before + 0.5) / inside, 0, 1)
+    width = (ranges[:, 1] - ranges[:, 0]) / bins
+    out = ranges[:, :1] + width[:, None] * out
+    spread = out[:, -1] - out[:, 0] if len(q) > 1 else np.full(rows, np.inf)
+    ok = (width <= BINNED_ERROR * spread) & (where > 0).all(1) & (where <= bins).all(1)
+    out[total[:, 0] == 0] = np.nan
+    return out, ok
+
+
+def saturated_fraction(counts: np.ndarray, threshold: float) -> np.ndarray:
+    """Per row, the share of values beyond ``threshold`` of the way from the middle of the range to
+    either bound, from fine counts over exactly that range (to the nearest fine bin edge)."""
+    bins = counts.shape[1] - 2
+    edge = round(bins * (1 - threshold) / 2) + 1  # with the bin below the range
+    beyond = counts[:, :edge].sum(1) + counts[:, counts.shape[1] - edge :].sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return beyond / counts.sum(1)
 
 
 def fixed_range(low: float, high: float) -> tuple[float, float] | None:

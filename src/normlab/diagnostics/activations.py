@@ -182,37 +182,35 @@ class ActivationStatistics(DiagnosticsCallback):
             x = trainer.strategy.all_gather(x).transpose(0, 1).reshape(len(found), -1)
             lengths = trainer.strategy.reduce(lengths, reduce_op="sum")
         self._fix_ranges(indices, x)
-        ranges = torch.tensor([self._ranges.get(i, (-1.0, 1.0)) for i in indices], device=x.device)
-        pct, width = math_.binned_percentiles(x, self.percentiles)
+        ranges = [self._ranges.get(i, (-1.0, 1.0)) for i in indices]
         flags = [m.finite for m in found if m.finite is not None]
         raw = [(row, key, value) for row, m in enumerate(found) for key, value in m.extras.items()]
         parts = {
-            "moments": math_.moments(x, lengths, self._saturation(indices, x.device)),
-            "percentiles": pct,
-            "width": width,
-            "counts": math_.histogram_counts(x, ranges, self.bins),
+            "moments": math_.moments(x, lengths),
+            "fine": math_.fine_histogram(x, torch.tensor(ranges, device=x.device), self.bins * math_.FINE),
             "finite": torch.stack(flags) if flags else x.new_zeros(0),
             **{f"{row}.{key}": value for row, key, value in raw},
         }
         host = _to_host(parts)  # the one copy of this step
-        self._refine(x, host)
+        host["ranges"] = np.asarray(ranges, np.float64)
+        host["percentiles"] = self._percentiles(x, host)
         return self._tags(indices, found, host)
 
-    def _refine(self, x: Tensor, host: dict[str, np.ndarray]) -> None:
-        """Sort the rows whose fine bins were too coarse for their spread (heavy outliers), and the
-        small ones (whose values lie further apart than a bin; sorting them is cheap)."""
-        pct, width = host["percentiles"], host["width"]
-        spread = pct[:, -1] - pct[:, 0] if pct.shape[1] > 1 else host["moments"][:, math_.MOMENTS.index("std")]
-        few = host["moments"][:, math_.MOMENTS.index("count")] < math_.FINE_BINS  # gaps wider than a bin
-        coarse = np.flatnonzero((width > math_.BINNED_ERROR * np.nan_to_num(spread)) | few)
-        if len(coarse):
-            rows = torch.as_tensor(coarse, device=x.device)
-            longest = int(host["moments"][coarse, 0].max() + host["moments"][coarse, 1].max())
-            pct[coarse] = math_.exact_percentiles(x[rows, : max(longest, 1)], self.percentiles).cpu().numpy()
+    def _percentiles(self, x: Tensor, host: dict[str, np.ndarray]) -> np.ndarray:
+        """Percentiles from the fine bins, and by sorting the rows where those cannot be trusted
+        (see ``activation_math.binned_percentiles``): a second copy, on such steps only."""
+        pct, ok = math_.binned_percentiles(host["fine"], host["ranges"], self.percentiles)
+        rows = np.flatnonzero(~ok & (host["moments"][:, 0] > 0))
+        if len(rows):
+            longest = int((host["moments"][rows, 0] + host["moments"][rows, 1]).max())
+            picked = x[torch.as_tensor(rows, device=x.device), :longest]
+            pct[rows] = math_.exact_percentiles(picked, self.percentiles).cpu().numpy()
+        return pct
 
     def _tags(self, indices: list[int], found: list[Measurement], host: dict[str, np.ndarray]):
         scalars: dict[str, float] = {}
         histograms, finite, flags = {}, [], iter(host["finite"].tolist())
+        counts = math_.coarsen(host["fine"], math_.FINE)
         for row, (i, m) in enumerate(zip(indices, found, strict=True)):
             w, stats = self.watched[i], dict(zip(math_.MOMENTS, host["moments"][row].tolist(), strict=True))
             tag = f"act/{w.name}"
@@ -222,13 +220,15 @@ class ActivationStatistics(DiagnosticsCallback):
             # counted on the sample: scaled to the whole output when it is larger
             scalars[f"{tag}/nonfinite"] = stats["nonfinite"] * m.numel / m.sample.numel()
             if w.saturating:
-                scalars[f"{tag}/saturated"] = stats["saturated"]
+                scalars[f"{tag}/saturated"] = float(
+                    math_.saturated_fraction(host["fine"][row : row + 1], self.saturation_threshold)[0]
+                )
             finite.append(stats["nonfinite"] == 0 if m.finite is None else next(flags) > 0)
             raw = {key: host[f"{row}.{key}"] for key in m.extras}
             for key, value in math_.role_scalars(raw).items():
                 scalars[self._extra_tag(i, key)] = value
             edges = self._edges(self._ranges.get(i, (-1.0, 1.0)))
-            histograms[tag] = Histogram(edges, host["counts"][row], stats["count"], stats["sum"], stats["sum_squares"])
+            histograms[tag] = Histogram(edges, counts[row], stats["count"], stats["sum"], stats["sum_squares"])
         return scalars, histograms, finite
 
     @functools.lru_cache(maxsize=256)  # noqa: B019 (a callback lives as long as its run)
@@ -248,19 +248,12 @@ class ActivationStatistics(DiagnosticsCallback):
         if not missing:
             return
         rows = torch.tensor(missing, device=x.device)
-        extremes = math_.binned_percentiles(x[rows], [0.1, 99.9])[0].tolist() if self.hist_range is None else []
+        extremes = math_.exact_percentiles(x[rows], [0.1, 99.9]).tolist() if self.hist_range is None else []
         for n, row in enumerate(missing):
             w = self.watched[indices[row]]
             chosen = SATURATING.get(w.kind) or self.hist_range or math_.fixed_range(*extremes[n])
             if chosen is not None:
                 self._ranges[indices[row]] = chosen
-
-    def _saturation(self, indices: list[int], device: torch.device) -> Tensor:
-        rows = []
-        for i in indices:
-            low, high = SATURATING.get(self.watched[i].kind, (float("nan"), float("nan")))
-            rows.append([(low + high) / 2, self.saturation_threshold * (high - low) / 2])
-        return torch.tensor(rows, dtype=torch.float32, device=device)
 
     # ------------------------------------------------------------------------- TensorBoard layout
     def layout(self) -> dict:
