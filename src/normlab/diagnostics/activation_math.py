@@ -26,11 +26,7 @@ BINNED_ERROR = 0.005
 
 def stack_samples(samples: Sequence[Tensor]) -> Tensor:
     """The samples as rows of one float32 matrix, each padded to the longest with NaN."""
-    longest = max(s.numel() for s in samples)
-    out = samples[0].new_full((len(samples), longest), math.nan, dtype=torch.float32)
-    for row, sample in zip(out, samples, strict=True):
-        row[: sample.numel()] = sample
-    return out
+    return torch.nn.utils.rnn.pad_sequence(list(samples), batch_first=True, padding_value=math.nan)
 
 
 def moments(x: Tensor, lengths: Tensor) -> Tensor:

@@ -276,7 +276,7 @@ class ActivationStatistics(DiagnosticsCallback):
 
 def _to_host(parts: dict[str, Tensor]) -> dict[str, np.ndarray]:
     """Device tensors brought to the host in one copy, each in its shape, as float64."""
-    flat = torch.cat([t.float().reshape(-1) for t in parts.values()]).cpu().numpy().astype(np.float64)
+    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in parts.values()]).cpu().numpy()
     out, offset = {}, 0
     for key, tensor in parts.items():
         out[key] = flat[offset : offset + tensor.numel()].reshape(tensor.shape)
