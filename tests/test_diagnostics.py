@@ -428,3 +428,16 @@ def test_compiled_model_keeps_training_and_its_names(tmp_path: Path) -> None:
     scalars = set(events(tmp_path).Tags()["scalars"])
     assert {"act/features.0/p50", "grad_norm/features.0", "grad_norm/classifier"} <= scalars
     assert not any("_orig_mod" in tag for tag in scalars)
+
+
+class Hot(PlainNet):
+    """A learning rate orders of magnitude too high."""
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=1e4)
+
+
+def test_an_update_orders_of_magnitude_above_healthy_warns_once_at_its_step(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match=r"at step 0 the update of layer \S+ is \S+ times its weights") as caught:
+        fit(tmp_path, Hot(), 4, TrainingDiagnostics(log_every_n_steps=1, on_nonfinite="warn"))
+    assert sum("times its weights" in str(w.message) for w in caught) == 1

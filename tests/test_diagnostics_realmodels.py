@@ -6,6 +6,8 @@ a non-finite weight in a layer the outputs do not watch."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -215,3 +217,19 @@ def test_a_nonfinite_weight_in_an_unwatched_layer_is_named(tmp_path, capsys) -> 
         "weights",
     )
     assert run.global_step == 5 and "diverged at step 4 in layer block.linear1" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_real_models_benchmark_prints_what_is_watched_and_the_overhead_as_json() -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_realmodels.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--blocks", "1", "--block-steps", "20", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {"torch transformer", "residual CNN"} <= result.keys()
+    cnn = result["residual CNN"]
+    assert cnn["roles"] == {"weight": 4, "norm": 3, "activation": 3} and cnn["overhead"] > 0
