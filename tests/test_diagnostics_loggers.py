@@ -186,3 +186,37 @@ def test_a_nonfinite_loss_between_logging_steps_is_found_at_its_step_and_stops_a
     # step 7 did not log: its step is exact, its origin was not recorded
     assert (summary["divergence_layer"], summary["divergence_source"]) == ("not seen", "loss")
     assert trainer.global_step == 11  # stopped by the logging step 10, which read the flag
+
+
+def test_the_parts_work_on_their_own_and_together_without_the_bundle(tmp_path) -> None:
+    from normlab.diagnostics import ActivationStatistics, DivergenceMonitor, ParameterHealth, RunSummaryWriter
+
+    cadence = {"log_every_n_steps": 2, "dense_until_step": 0}
+    parts = [ActivationStatistics(**cadence), ParameterHealth(**cadence), DivergenceMonitor(**cadence)]
+    trainer = L.Trainer(
+        max_steps=6,
+        logger=CSVLogger(tmp_path, name="", version=""),
+        callbacks=[*parts, RunSummaryWriter()],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(Net(), loader())
+    with open(tmp_path / "metrics.csv") as f:
+        columns = set(next(csv.reader(f)))
+    assert {"act/0/p50", "bn/1/batch_var_drift", "grad_norm/global", "update_ratio/3", "diag/loss"} <= columns
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["max_grad_norm"] > 0  # the parts report to the writer
+
+    alone = DivergenceMonitor(log_every_n_steps=5, dense_until_step=0)
+    trainer = L.Trainer(
+        max_steps=30,
+        logger=False,
+        callbacks=[NaNAt(7), alone],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    with pytest.warns(UserWarning, match=r"non-finite loss at step 7 \(layer not seen\): stopping"):
+        trainer.fit(Net(), loader())
+    assert trainer.global_step == 11 and alone.diverged

@@ -178,7 +178,8 @@ class ActivationStatistics(DiagnosticsCallback):
         indices, found = list(measured), list(measured.values())
         x = math_.stack_samples([m.sample for m in found])
         lengths = torch.tensor([m.sample.numel() for m in found], device=x.device)
-        if self._gathers(trainer):
+        if self._gathers(trainer):  # every rank's samples, padded to one shape (a last batch may be smaller)
+            x = torch.nn.functional.pad(x, (0, self.sample_size - x.shape[1]), value=float("nan"))
             x = trainer.strategy.all_gather(x).transpose(0, 1).reshape(len(found), -1)
             lengths = trainer.strategy.reduce(lengths, reduce_op="sum")
         self._fix_ranges(indices, x)
