@@ -85,6 +85,8 @@ def test_benchmark_prints_the_overhead_of_each_instrument() -> None:
             "20",
             "--repeats",
             "1",
+            "--optimizer",
+            "adam",
             "--json",
         ],
         capture_output=True,
@@ -93,7 +95,7 @@ def test_benchmark_prints_the_overhead_of_each_instrument() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["reference"]
+    assert result["reference"] and result["optimizer"] == "adam"
     for model in ("baseline", "bn"):
         assert set(result[model]["overhead"]) == {
             "loss_variation",
