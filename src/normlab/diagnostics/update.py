@@ -37,13 +37,17 @@ class Preview:
     shadow: Optimizer
     shadow_params: list[Tensor | None]
 
+    def __post_init__(self) -> None:
+        self._groups = {id(p): g for g in self.shadow.param_groups for p in g["params"]}
+
     def shadow_state(self, i: int) -> dict:
         param = self.shadow_params[i]
         return {} if param is None else self.shadow.state.get(param, {})
 
     def group_of(self, i: int) -> dict | None:
+        """The shadow's parameter group that holds ``params[i]``; ``None`` where none does."""
         param = self.shadow_params[i]
-        return next((g for g in self.shadow.param_groups if any(p is param for p in g["params"])), None)
+        return None if param is None else self._groups.get(id(param))
 
 
 def preview_step(
