@@ -1,7 +1,8 @@
 """Cost of the landscape probes: training time with each instrument, and all of them, at a cadence.
 
-Trains the 784-100-100-100-10 sigmoid MLP, without and with batch norm, with SGD on MNIST-shaped
-random tensors (batch 60, CPU). Every arm carries the standard diagnostics
+Trains the 784-100-100-100-10 sigmoid MLP, without and with batch norm, with SGD (lr 0.1) or
+Adam (lr 1e-3, ``--optimizer adam``: the probes then copy Adam's state to preview its step and
+compute a second, preconditioned sharpness) on MNIST-shaped random tensors (batch 60, CPU). Every arm carries the standard diagnostics
 (``normlab.diagnostics.TrainingDiagnostics``) when the package has them, else nothing, and the
 printed reference says which; the other arms add the probes. Each arm runs right after a
 reference run, and its overhead is the median over repeats of its time over that reference's.
@@ -9,7 +10,7 @@ Times are the process's CPU seconds in the training loop (without the Trainer's 
 other jobs on a shared machine disturb far less than wall-clock time; the probes' own timings
 (``landscape/time_ms/*``) are printed beside.
 
-    python scripts/benchmark_landscape.py [--steps 1500] [--every 500] [--repeats 3] [--json]
+    python scripts/benchmark_landscape.py [--steps 1500] [--every 500] [--repeats 3] [--optimizer sgd] [--json]
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from normlab.diagnostics.landscape import INSTRUMENTS
 from random_data import RandomDataModule
 
 BATCH = 60
-OPTIMIZER = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1}
+OPTIMIZERS = {
+    "sgd": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.1},
+    "adam": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+}
 
 
 def net(norm: str) -> dict[str, Any]:
@@ -55,9 +59,11 @@ def reference_callbacks() -> list[L.Callback]:
     return [standard()] if standard is not None else []
 
 
-def train_seconds(norm: str, datamodule: RandomDataModule, steps: int, probes: LandscapeProbes | None) -> float:
+def train_seconds(
+    norm: str, datamodule: RandomDataModule, steps: int, probes: LandscapeProbes | None, optimizer: str
+) -> float:
     L.seed_everything(0, verbose=False)
-    module = Classifier(net=net(norm), num_classes=10, optimizer=OPTIMIZER)
+    module = Classifier(net=net(norm), num_classes=10, optimizer=OPTIMIZERS[optimizer])
     timer = LoopTimer()
     callbacks = [*reference_callbacks(), *([probes] if probes else []), timer]
     fit_bare(module, datamodule, steps, callbacks)
@@ -75,6 +81,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=500, help="cadence of the probes, in optimizer steps")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
+    parser.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd")
     parser.add_argument("--json", action="store_true", help="print a JSON object as the last line")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -83,17 +90,23 @@ def main() -> None:
     datamodule = RandomDataModule(batch_size=BATCH)
     datamodule.setup()
     reference = "standard diagnostics" if reference_callbacks() else "plain training (no TrainingDiagnostics yet)"
-    result: dict[str, Any] = {"reference": reference, "steps": args.steps, "every": args.every, "threads": args.threads}
+    result: dict[str, Any] = {
+        "reference": reference,
+        "optimizer": args.optimizer,
+        "steps": args.steps,
+        "every": args.every,
+        "threads": args.threads,
+    }
     for norm, label in (("none", "baseline"), ("batch", "bn")):
-        train_seconds(norm, datamodule, 100, None)  # warm-up: allocator, thread pool
+        train_seconds(norm, datamodule, 100, None, args.optimizer)  # warm-up: allocator, thread pool
         ratios: dict[str, list[float]] = {}
         reference_seconds: list[float] = []
         probe_ms: dict[str, list[float]] = {}
         for _ in range(args.repeats):
             for name, cadences in arms(args.every).items():
-                reference_seconds.append(train_seconds(norm, datamodule, args.steps, None))
+                reference_seconds.append(train_seconds(norm, datamodule, args.steps, None, args.optimizer))
                 probes = LandscapeProbes(**cadences)
-                seconds = train_seconds(norm, datamodule, args.steps, probes)
+                seconds = train_seconds(norm, datamodule, args.steps, probes, args.optimizer)
                 ratios.setdefault(name, []).append(seconds / reference_seconds[-1])
                 if name != "all":
                     probe_ms.setdefault(name, []).extend(_probe_ms(probes))
@@ -114,7 +127,7 @@ def _probe_ms(probes: LandscapeProbes) -> list[float]:
 
 def _print(label: str, figures: dict[str, Any], reference: str, args: argparse.Namespace) -> None:
     print(
-        f"{label}: {figures['reference_ms_per_step']} CPU ms/step with {reference}; overhead at every "
+        f"{label} ({args.optimizer}): {figures['reference_ms_per_step']} CPU ms/step with {reference}; overhead at every "
         f"{args.every} steps (median of {args.repeats}, {args.steps} steps each, {args.threads} thread(s)):"
     )
     for name, ratio in figures["overhead"].items():

@@ -203,11 +203,12 @@ def test_each_instrument_logs_its_tags_at_its_cadence_in_one_write_per_step(tmp_
     _, _, logger = fit(tmp_path, probes, steps=7)
     calls = landscape_calls(logger)
     assert [s for s, _ in calls] == [0, 2, 3, 4, 6]
-    walk = {"landscape/time_ms/along_gradient"}
+    walk = {"landscape/time_ms/along_update", "landscape/update_norm"}
     variation = {f"landscape/loss_variation/{k}" for k in ("min", "max", "range")}
     predictiveness = {"landscape/grad_predictiveness/min", "landscape/grad_predictiveness/max"}
     sharpness = {
-        f"landscape/{k}" for k in ("sharpness", "sharpness_2_over_lr", "sharpness_iterations", "time_ms/sharpness")
+        f"landscape/{k}"
+        for k in ("sharpness", "sharpness_threshold", "sharpness_ratio", "sharpness_iterations", "time_ms/sharpness")
     }
     ics = {"landscape/ics/head/l2", "landscape/ics/head/cos", "landscape/time_ms/ics"}  # fc1 has nothing before it
     expected = {
@@ -219,7 +220,9 @@ def test_each_instrument_logs_its_tags_at_its_cadence_in_one_write_per_step(tmp_
     }
     for step, metrics in calls:
         assert set(metrics) == expected[step], step
-    assert calls[0][1]["landscape/sharpness_2_over_lr"] == pytest.approx(2 / 0.1)
+    first = calls[0][1]
+    assert first["landscape/sharpness_threshold"] == pytest.approx((2 + 2 * 0.9) / 0.1)  # heavy-ball momentum 0.9
+    assert first["landscape/sharpness_ratio"] == pytest.approx(first["landscape/sharpness"] / 38)
     assert probes.hparam_metrics == [
         "landscape/loss_variation/range",
         "landscape/grad_predictiveness/max",
@@ -281,8 +284,8 @@ def test_ics_layers_can_be_named(tmp_path: Path) -> None:
     [
         ({"ics": -1}, "cadences must be whole numbers"),
         ({"sharpness": 2.5}, "cadences must be whole numbers"),
-        ({"lr_multiples": [1.0, 0.0]}, "lr_multiples must be positive"),
-        ({"lr_multiples": []}, "lr_multiples must be positive"),
+        ({"step_multiples": [1.0, 0.0]}, "step_multiples must be positive"),
+        ({"step_multiples": []}, "step_multiples must be positive"),
         ({"power_iterations": 0}, "power_iterations must be >= 1"),
         ({"tolerance": 0.0}, "tolerance must be > 0"),
     ],

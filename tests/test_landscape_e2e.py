@@ -38,7 +38,8 @@ def test_readme_full_diagnostics_run(train) -> None:
     ):
         assert tags[tag] == [0, 500], tag
     final = json.loads((run_dir / "summary.json").read_text())["landscape"]["final"]
-    assert final["sharpness_2_over_lr"] == pytest.approx(2 / 0.3)
+    assert final["sharpness_threshold"] == pytest.approx((2 + 2 * 0.9) / 0.3)  # SGD, heavy-ball momentum 0.9
+    assert final["sharpness_ratio"] == pytest.approx(final["sharpness"] / final["sharpness_threshold"])
 
 
 @pytest.mark.slow
@@ -56,6 +57,22 @@ def test_readme_one_instrument_at_its_own_cadence(train) -> None:
 
 
 @pytest.mark.slow
+def test_readme_probes_under_adam(train) -> None:
+    _, run_dir = train(
+        "optimizer=adam", "callbacks=diagnostics_full", "callbacks.landscape.sharpness=50", "trainer.max_steps=200"
+    )
+    tags = scalars(run_dir)
+    for tag in ("landscape/preconditioned_sharpness", "landscape/sharpness_threshold", "landscape/sharpness_ratio"):
+        assert tags[tag] == [0, 50, 100, 150], tag
+    assert tags["landscape/update_norm"] == [0]
+    summary = json.loads((run_dir / "summary.json").read_text())["landscape"]
+    final = summary["final"]
+    assert final["sharpness_threshold"] == pytest.approx(38 / 1e-3)
+    assert final["sharpness_ratio"] == pytest.approx(final["preconditioned_sharpness"] / (38 / 1e-3))
+    assert summary["stability_rule"].startswith("Adam")
+
+
+@pytest.mark.slow
 def test_benchmark_prints_the_overhead_of_each_instrument() -> None:
     # The README's command with a small budget: the contract of --json, not the figures.
     proc = subprocess.run(
@@ -68,6 +85,8 @@ def test_benchmark_prints_the_overhead_of_each_instrument() -> None:
             "20",
             "--repeats",
             "1",
+            "--optimizer",
+            "adam",
             "--json",
         ],
         capture_output=True,
@@ -76,7 +95,7 @@ def test_benchmark_prints_the_overhead_of_each_instrument() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["reference"]
+    assert result["reference"] and result["optimizer"] == "adam"
     for model in ("baseline", "bn"):
         assert set(result[model]["overhead"]) == {
             "loss_variation",

@@ -1,5 +1,8 @@
 """The loss landscape around the current parameters, on one batch (Santurkar et al. 2018).
 
+Santurkar et al. walk along the gradient, the step of plain gradient descent; ``walk_along``
+takes any step, so that the probes follow the update the optimizer actually makes.
+
 Every function takes the loss as a closure, ``loss() -> scalar tensor``, evaluated at whatever
 values ``params`` hold when it is called, and moves the parameters only inside
 ``parameters_at``, which puts the original values back bit for bit. ``.grad`` is never touched:
@@ -56,16 +59,17 @@ def dot(a: Sequence[Tensor], b: Sequence[Tensor]) -> Tensor:
 
 @dataclass(frozen=True)
 class Walk:
-    """What happens to the loss and its gradient ``g`` at ``w - eta * g``, for each step size ``eta``.
+    """What happens to the loss and its gradient ``g`` at ``w + m * step``, for each multiple ``m``.
 
-    ``losses[k]`` is the loss at the k-th step size; ``grad_changes[k]`` is
-    ``||grad L(w - eta_k g) - g||`` (``None`` when the walk skipped gradients).
+    ``losses[k]`` is the loss at the k-th multiple; ``grad_changes[k]`` is
+    ``||grad L(w + m_k step) - g||`` (``None`` when the walk skipped gradients); ``step_norm`` is
+    ``||step||``.
     """
 
-    step_sizes: list[float]
+    multiples: list[float]
     losses: list[float]
     grad_changes: list[float] | None
-    grad_norm: float
+    step_norm: float
 
     def loss_variation(self) -> dict[str, float]:
         lo, hi = min(self.losses), max(self.losses)
@@ -76,22 +80,29 @@ class Walk:
 
     def beta_smoothness(self) -> float:
         """The largest gradient change per unit of distance moved: an effective Lipschitz constant of the gradient."""
-        if self.grad_norm == 0:
+        if self.step_norm == 0:
             return math.nan  # no direction to move in
-        return max(d / (eta * self.grad_norm) for d, eta in zip(self.grad_changes, self.step_sizes, strict=True))
+        return max(d / (m * self.step_norm) for d, m in zip(self.grad_changes, self.multiples, strict=True))
 
 
-def walk_along_gradient(
-    loss: Loss, params: Sequence[Tensor], step_sizes: Sequence[float], with_gradients: bool = True
+def walk_along(
+    loss: Loss,
+    params: Sequence[Tensor],
+    step: Sequence[Tensor] | None,
+    multiples: Sequence[float],
+    with_gradients: bool = True,
 ) -> Walk:
-    """Evaluate the loss (and, ``with_gradients``, its gradient) at ``w - eta * g`` for each ``eta``.
+    """Evaluate the loss (and, ``with_gradients``, its gradient) at ``w + m * step`` for each multiple ``m``.
 
-    Costs one forward and backward pass for ``g``, then one forward (and backward) per step size.
+    ``step`` is the update the optimizer is about to make (``None``: ``-g``, so that the multiples
+    are step sizes of gradient descent). Costs one forward and backward pass for ``g``, then one
+    forward (and backward) per multiple.
     """
     g = gradient(loss, params)
+    step = [-d for d in g] if step is None else list(step)
     losses, changes = [], []
-    for eta in step_sizes:
-        with parameters_at(params, [p.detach() - eta * d for p, d in zip(params, g, strict=True)]):
+    for m in multiples:
+        with parameters_at(params, [p.detach() + m * s for p, s in zip(params, step, strict=True)]):
             if with_gradients:
                 value, moved = value_and_gradient(loss, params)
                 changes.append(norm([a - b for a, b in zip(moved, g, strict=True)]).item())
@@ -99,7 +110,14 @@ def walk_along_gradient(
                 with torch.no_grad():
                     value = loss()
             losses.append(value.item())
-    return Walk(list(step_sizes), losses, changes if with_gradients else None, norm(g).item())
+    return Walk(list(multiples), losses, changes if with_gradients else None, norm(step).item())
+
+
+def walk_along_gradient(
+    loss: Loss, params: Sequence[Tensor], step_sizes: Sequence[float], with_gradients: bool = True
+) -> Walk:
+    """``walk_along`` plain gradient descent's steps ``-eta * g`` for each step size ``eta``."""
+    return walk_along(loss, params, None, step_sizes, with_gradients)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 Cohen et al. (2021) found that full-batch gradient descent drives this eigenvalue up to ``2 / lr``
 and keeps it there (the edge of stability); beyond it, a quadratic model of the loss diverges.
+Adaptive methods step along ``P^-1 g`` and their stability is set by the top eigenvalue of
+``P^-1 H`` instead (Cohen et al. 2022): with a diagonal ``P`` it is that of the symmetric
+``P^-1/2 H P^-1/2``, which power iteration handles like ``H``.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ def top_hessian_eigenvalue(
     iterations: int = 20,
     tolerance: float = 1e-3,
     generator: torch.Generator | None = None,
+    preconditioner: Sequence[Tensor] | None = None,
 ) -> Eigen:
-    """The largest eigenvalue of the Hessian of ``loss`` with respect to ``params``.
+    """The largest eigenvalue of the Hessian of ``loss`` with respect to ``params``, or of ``P^-1 H``.
 
     Power iteration finds the eigenvalue of largest magnitude. When that one is negative (a
     saddle, early in training), a second run on ``H - lambda I`` finds the top one: shifted by
@@ -53,12 +57,33 @@ def top_hessian_eigenvalue(
         iterations: at most this many Hessian-vector products per power iteration.
         tolerance: stop once the estimate changes by less than ``tolerance`` times its size.
         generator: draws the random start vectors (on the CPU), so that the global RNG is left alone.
+        preconditioner: the diagonal of ``P^-1``, one tensor per parameter (zeros for parameters
+            that do not move); ``None`` for the plain Hessian.
     """
     grads = gradient(loss, params, create_graph=True)
+    return top_eigenvalue(hessian_operator(grads, params, preconditioner), params, iterations, tolerance, generator)
 
-    def hessian(v: list[Tensor]) -> list[Tensor]:
-        return hessian_vector_product(grads, params, v)
 
+def hessian_operator(
+    grads: Sequence[Tensor], params: Sequence[Tensor], preconditioner: Sequence[Tensor] | None = None
+) -> Operator:
+    """``v -> H v``, or ``v -> P^-1/2 H P^-1/2 v`` (same eigenvalues as ``P^-1 H``) with ``preconditioner``."""
+    if preconditioner is None:
+        return lambda v: hessian_vector_product(grads, params, v)
+    root = [p.sqrt() for p in preconditioner]
+
+    def preconditioned(v: list[Tensor]) -> list[Tensor]:
+        hv = hessian_vector_product(grads, params, [r * x for r, x in zip(root, v, strict=True)])
+        return [r * h for r, h in zip(root, hv, strict=True)]
+
+    return preconditioned
+
+
+def top_eigenvalue(
+    hessian: Operator, params: Sequence[Tensor], iterations: int, tolerance: float, generator: torch.Generator | None
+) -> Eigen:
+    """The most positive eigenvalue of the symmetric ``hessian``: power iteration, shifted when a
+    negative eigenvalue dominates."""
     dominant = power_iteration(hessian, params, iterations, tolerance, generator)
     if dominant.value >= 0:
         return dominant

@@ -11,20 +11,22 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
 
-from normlab.diagnostics.geometry import covariate_shift, walk_along_gradient
-from normlab.diagnostics.hessian import top_hessian_eigenvalue
+from normlab.diagnostics.geometry import covariate_shift, gradient, walk_along
+from normlab.diagnostics.hessian import hessian_operator, top_eigenvalue
+from normlab.diagnostics.layers import layer_indices, trainable_parameters
 from normlab.diagnostics.sandbox import LossFn, sandboxed, training_step_loss
 from normlab.diagnostics.selection import display_names
+from normlab.diagnostics.stability import Stability, stability
 from normlab.diagnostics.summary import merge_json
+from normlab.diagnostics.update import Preview, PreviewError, preview_step
 from normlab.errors import ConfigError
 
 INSTRUMENTS = ("loss_variation", "grad_predictiveness", "beta_smoothness", "ics", "sharpness")
 _NEED_GRADIENTS = {"grad_predictiveness", "beta_smoothness"}
-_ALONG_GRADIENT = {"loss_variation", *_NEED_GRADIENTS}
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.LayerNorm, nn.GroupNorm)
-_NORMS += (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_ALONG_UPDATE = {"loss_variation", *_NEED_GRADIENTS}
 # The tag of each instrument that goes into the HParams tab.
 _HEADLINE = {
     "loss_variation": "landscape/loss_variation/range",
@@ -44,15 +46,22 @@ class LandscapeProbes(L.Callback):
     written together once it ends, and the latest value of each goes to ``summary.json`` under
     ``landscape`` (with the history), which the sweep report reads.
 
+    The walks follow the update ``u`` the optimizer is about to make, its own direction and size
+    (momentum, Adam's preconditioning and the trainer's gradient clipping included), computed by
+    stepping a copy of the optimizer (``normlab.diagnostics.update``). An optimizer that cannot be
+    copied and stepped without a closure (L-BFGS) gets plain gradient descent's ``-lr g``, with a
+    warning. Sharpness is compared with the stability threshold of the optimizer
+    (``normlab.diagnostics.stability``).
+
     Args:
-        loss_variation: cadence of the loss at ``w - eta g`` over the step sizes ``eta``.
-        grad_predictiveness: cadence of ``||grad L(w - eta g) - g||`` over the step sizes.
-        beta_smoothness: cadence of ``max_eta ||grad L(w - eta g) - g|| / ||eta g||``.
+        loss_variation: cadence of the loss at ``w + m u`` over the multiples ``m``.
+        grad_predictiveness: cadence of ``||grad L(w + m u) - g||`` over the multiples.
+        beta_smoothness: cadence of ``max_m ||grad L(w + m u) - g|| / ||m u||``.
         ics: cadence of the internal covariate shift: per layer, the change of its gradient when
             the layers before it take the update the optimizer just made (Santurkar et al. 2018).
-        sharpness: cadence of the top Hessian eigenvalue, by power iteration.
-        lr_multiples: the step sizes, as multiples of the current learning rate (of the first
-            parameter group). Default 0.5, 1, ..., 4.
+        sharpness: cadence of the top Hessian eigenvalue, by power iteration, and for Adam of the
+            preconditioned Hessian, each beside the optimizer's stability threshold.
+        step_multiples: the multiples ``m`` of the optimizer's update. Default 0.5, 1, ..., 4.
         power_iterations: most Hessian-vector products per sharpness estimate (default 20).
         tolerance: the sharpness estimate stops when it changes by less than this fraction.
         ics_layers: module names (as in ``named_modules()`` of the LightningModule) whose
@@ -63,7 +72,7 @@ class LandscapeProbes(L.Callback):
         summary_path: JSON file for the final values; default ``summary.json`` in ``trainer.log_dir``.
 
     Raises:
-        ValueError: a cadence below 0, no or non-positive ``lr_multiples``, ``power_iterations``
+        ValueError: a cadence below 0, no or non-positive ``step_multiples``, ``power_iterations``
             below 1 or ``tolerance`` not positive.
         ConfigError: at setup, an unknown name in ``ics_layers``, or manual optimization without a
             ``loss_fn``; during training, a ``training_step`` that returns no loss.
@@ -76,10 +85,11 @@ class LandscapeProbes(L.Callback):
     Logged (``<layer>`` without the module's first name component when all layers share it,
     e.g. ``layer2.fc`` for ``net.layer2.fc``):
         ``landscape/loss_variation/min|max|range``, ``landscape/grad_predictiveness/min|max``,
-        ``landscape/beta_smoothness``, ``landscape/ics/<layer>/l2``, ``landscape/ics/<layer>/cos``,
-        ``landscape/sharpness``, ``landscape/sharpness_2_over_lr``, ``landscape/sharpness_iterations``,
-        ``landscape/time_ms/along_gradient|ics|sharpness`` (the three share one walk along the
-        gradient, timed once).
+        ``landscape/beta_smoothness``, ``landscape/update_norm`` (``||u||``; the three share one
+        walk), ``landscape/ics/<layer>/l2|cos``, ``landscape/sharpness``,
+        ``landscape/preconditioned_sharpness`` (Adam), ``landscape/sharpness_threshold`` and
+        ``landscape/sharpness_ratio`` (the fitting sharpness over it; absent where no threshold is
+        known), ``landscape/sharpness_iterations``, ``landscape/time_ms/along_update|ics|sharpness``.
     """
 
     def __init__(
@@ -89,7 +99,7 @@ class LandscapeProbes(L.Callback):
         beta_smoothness: int = 0,
         ics: int = 0,
         sharpness: int = 0,
-        lr_multiples: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0),
+        step_multiples: Sequence[float] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0),
         power_iterations: int = 20,
         tolerance: float = 1e-3,
         ics_layers: Sequence[str] | None = None,
@@ -102,13 +112,13 @@ class LandscapeProbes(L.Callback):
         bad = {k: v for k, v in self.every.items() if not isinstance(v, int) or v < 0}
         if bad:
             raise ValueError(f"cadences must be whole numbers of steps >= 0 (0 = off), got {bad}")
-        if not lr_multiples or any(m <= 0 for m in lr_multiples):
-            raise ValueError(f"lr_multiples must be positive multiples of the learning rate, got {list(lr_multiples)}")
+        if not step_multiples or any(m <= 0 for m in step_multiples):
+            raise ValueError(f"step_multiples must be positive multiples of the update, got {list(step_multiples)}")
         if power_iterations < 1:
             raise ValueError(f"power_iterations must be >= 1, got {power_iterations}")
         if not tolerance > 0:
             raise ValueError(f"tolerance must be > 0, got {tolerance}")
-        self.lr_multiples = [float(m) for m in lr_multiples]
+        self.step_multiples = [float(m) for m in step_multiples]
         self.power_iterations = power_iterations
         self.tolerance = tolerance
         self.ics_layers = list(ics_layers) if ics_layers is not None else None
@@ -120,6 +130,8 @@ class LandscapeProbes(L.Callback):
         self._metrics: dict[str, float] = {}
         self._before: list[Tensor] | None = None  # weights before the update, for the covariate shift
         self._history: dict[str, list[list[float]]] = {}  # tag -> [[step, value], ...]
+        self._said: set[str] = set()  # notes already given, each once
+        self._rule: str | None = None  # the stability threshold's rule, for summary.json
 
     @property
     def hparam_metrics(self) -> list[str]:
@@ -135,7 +147,7 @@ class LandscapeProbes(L.Callback):
                 "(it steps the optimizer); give them a loss_fn(module, batch)"
             )
         if self.ics_layers is not None:
-            _layer_indices(pl_module, self.ics_layers)  # fails now on a misspelt name
+            layer_indices(pl_module, self.ics_layers)  # fails now on a misspelt name
         log_dir = trainer.log_dir or trainer.default_root_dir  # log_dir is called on every rank
         self._summary = Path(self.summary_path) if self.summary_path else Path(log_dir) / "summary.json"
 
@@ -152,12 +164,13 @@ class LandscapeProbes(L.Callback):
         if not due or self._batch is None or self._step == step:
             return
         self._step = step
-        lr = optimizer.param_groups[0]["lr"]
-        params = _parameters(pl_module)
+        params = trainable_parameters(pl_module)
+        preview = self._preview(trainer, pl_module, optimizer, params) if due - {"ics"} else None
         if "sharpness" in due:
-            self._metrics |= self._sharpness(trainer, pl_module, params, lr, step)
-        if due & _ALONG_GRADIENT:
-            self._metrics |= self._walk(trainer, pl_module, params, lr, due)
+            self._metrics |= self._sharpness(trainer, pl_module, params, preview, step)
+        if due & _ALONG_UPDATE:
+            lr = float(optimizer.param_groups[0]["lr"])
+            self._metrics |= self._walk(trainer, pl_module, params, preview, lr, due)
         if "ics" in due:
             self._before = [p.detach().clone() for p in params]
 
@@ -182,13 +195,42 @@ class LandscapeProbes(L.Callback):
     def _due(self, step: int) -> set[str]:
         return {name for name, every in self.every.items() if every and step % every == 0}
 
+    def _preview(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer, params: list[Tensor]
+    ) -> Preview | None:
+        """The update the optimizer is about to make, with the gradients clipped as the trainer will
+        clip them (after this hook); ``None``, with a warning once, where it cannot be previewed."""
+
+        def clip(shadow: torch.optim.Optimizer) -> None:
+            if pl_module.automatic_optimization:  # Lightning clips only then
+                val, algorithm = trainer.gradient_clip_val, trainer.gradient_clip_algorithm
+                pl_module.configure_gradient_clipping(shadow, gradient_clip_val=val, gradient_clip_algorithm=algorithm)
+
+        try:
+            return preview_step(optimizer, params, clip)
+        except PreviewError as error:
+            self._say(f"landscape probes: {error}; they walk along -lr * g, plain gradient descent's step", warn=True)
+            return None
+
     def _walk(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, params: list[Tensor], lr: float, due: set[str]
+        self,
+        trainer: L.Trainer,
+        pl_module: L.LightningModule,
+        params: list[Tensor],
+        preview: Preview | None,
+        lr: float,
+        due: set[str],
     ) -> dict[str, float]:
         start = time.perf_counter()
+        gradients = bool(due & _NEED_GRADIENTS)
         with self._batch_loss(trainer, pl_module) as loss:
-            walk = walk_along_gradient(loss, params, [m * lr for m in self.lr_multiples], bool(due & _NEED_GRADIENTS))
-        out = {"time_ms/along_gradient": 1000 * (time.perf_counter() - start)}
+            if preview is None:
+                walk = walk_along(loss, params, None, [m * lr for m in self.step_multiples], gradients)
+            else:
+                walk = walk_along(loss, params, preview.delta, self.step_multiples, gradients)
+        out = {"time_ms/along_update": 1000 * (time.perf_counter() - start)}
+        if preview is not None:
+            out["update_norm"] = walk.step_norm
         if "loss_variation" in due:
             out |= {f"loss_variation/{k}": v for k, v in walk.loss_variation().items()}
         if "grad_predictiveness" in due:
@@ -198,24 +240,52 @@ class LandscapeProbes(L.Callback):
         return out
 
     def _sharpness(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, params: list[Tensor], lr: float, step: int
+        self, trainer: L.Trainer, pl_module: L.LightningModule, params: list[Tensor], preview: Preview | None, step: int
     ) -> dict[str, float]:
         start = time.perf_counter()
-        generator = torch.Generator().manual_seed(step)  # a start vector of its own: global RNG untouched
+        fit = self._stability(preview)
+        generator = torch.Generator().manual_seed(step)  # start vectors of its own: global RNG untouched
         with self._batch_loss(trainer, pl_module) as loss:
-            eigen = top_hessian_eigenvalue(loss, params, self.power_iterations, self.tolerance, generator)
-        return {
-            "sharpness": eigen.value,
-            "sharpness_2_over_lr": 2 / lr,
-            "sharpness_iterations": eigen.iterations,
-            "time_ms/sharpness": 1000 * (time.perf_counter() - start),
-        }
+            grads = gradient(loss, params, create_graph=True)  # one graph for both eigenvalues
+            eigen = self._top(hessian_operator(grads, params), params, generator)
+            out = {"sharpness": eigen.value, "sharpness_iterations": eigen.iterations}
+            edge = eigen.value
+            if fit.preconditioner is not None:
+                pre = self._top(hessian_operator(grads, params, fit.preconditioner), params, generator)
+                out |= {
+                    "preconditioned_sharpness": pre.value,
+                    "sharpness_iterations": eigen.iterations + pre.iterations,
+                }
+                edge = pre.value
+        if fit.threshold is not None:
+            out |= {"sharpness_threshold": fit.threshold, "sharpness_ratio": edge / fit.threshold}
+        out["time_ms/sharpness"] = 1000 * (time.perf_counter() - start)
+        return out
+
+    def _top(self, operator: Callable, params: list[Tensor], generator: torch.Generator):
+        return top_eigenvalue(operator, params, self.power_iterations, self.tolerance, generator)
+
+    def _stability(self, preview: Preview | None) -> Stability:
+        """The optimizer's threshold, its rule said once (a warning where none is known)."""
+        fit = (
+            stability(preview)
+            if preview is not None
+            else Stability(None, None, "none, the update could not be previewed")
+        )
+        self._rule = fit.rule
+        self._say(f"landscape probes: sharpness threshold: {fit.rule}", warn=fit.threshold is None)
+        return fit
+
+    def _say(self, message: str, warn: bool = False) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            (rank_zero_warn if warn else rank_zero_info)(message)
 
     def _covariate_shift(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float]:
         start = time.perf_counter()
-        layers = _layer_indices(pl_module, self.ics_layers)
+        layers = layer_indices(pl_module, self.ics_layers)
         with self._batch_loss(trainer, pl_module) as loss:
-            shifts = covariate_shift(loss, _parameters(pl_module), self._before, layers)
+            shifts = covariate_shift(loss, trainable_parameters(pl_module), self._before, layers)
         shown = dict(zip(layers, display_names(list(layers)), strict=True))
         out = {}
         for name, shift in shifts.items():
@@ -245,33 +315,8 @@ class LandscapeProbes(L.Callback):
             self._history.setdefault(name, []).append([step, _finite_or_none(value)])
         if trainer.is_global_zero and self._summary is not None:
             final = {name: points[-1][1] for name, points in self._history.items()}
-            merge_json(self._summary, {"landscape": {"step": step, "final": final, "history": self._history}})
-
-
-def _parameters(module: nn.Module) -> list[Tensor]:
-    return [p for p in module.parameters() if p.requires_grad]
-
-
-def _layer_indices(module: nn.Module, names: Sequence[str] | None) -> dict[str, list[int]]:
-    """Layer name -> indices of its parameters in ``_parameters(module)`` (registration order)."""
-    index = {id(p): i for i, p in enumerate(_parameters(module))}
-    if names is None:
-        found = {
-            name: [index[id(p)] for p in m.parameters(recurse=False) if id(p) in index]
-            for name, m in module.named_modules()
-            if name and not isinstance(m, _NORMS)  # the root's own parameters come first: before every layer
-        }
-        return {name: idx for name, idx in found.items() if idx}
-    modules = dict(module.named_modules())
-    unknown = [n for n in names if n not in modules]
-    if unknown:
-        known = list(_layer_indices(module, None))
-        raise ConfigError(f"ics_layers={list(names)}: no module named {unknown}; layers with weights: {known}")
-    out = {n: [index[id(p)] for p in modules[n].parameters() if id(p) in index] for n in names}
-    empty = [n for n, idx in out.items() if not idx]
-    if empty:
-        raise ConfigError(f"ics_layers={list(names)}: {empty} have no trainable parameters")
-    return out
+            entry = {"step": step, "final": final, "history": self._history}
+            merge_json(self._summary, {"landscape": entry | ({"stability_rule": self._rule} if self._rule else {})})
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -20,22 +20,28 @@ from normlab.report.sweep import Run
 
 # summary key -> (panel title, log scale)
 PANELS = {
-    "grad_predictiveness/max": ("Gradient predictiveness: max ||grad(w - eta g) - g||", True),
+    "grad_predictiveness/max": ("Gradient predictiveness: max ||grad(w + m u) - g||", True),
     "beta_smoothness": ("Effective beta-smoothness", True),
-    "loss_variation/range": ("Loss variation along the gradient: range", True),
-    "sharpness": ("Sharpness: top Hessian eigenvalue (dotted: 2 / lr)", False),
+    "loss_variation/range": ("Loss variation along the update u: range", True),
+    "sharpness": ("Sharpness: top Hessian eigenvalue (dotted: SGD thresholds)", False),
+    "sharpness_ratio": ("Sharpness / the optimizer's threshold (dotted: the edge)", False),
 }
 TABLE = {
     "sharpness": "sharpness",
-    "sharpness_2_over_lr": "2 / lr",
+    "preconditioned_sharpness": "preconditioned sharpness",
+    "sharpness_threshold": "stability threshold",
+    "sharpness_ratio": "sharpness / threshold",
     "grad_predictiveness/max": "grad predictiveness (max)",
     "beta_smoothness": "beta-smoothness",
     "loss_variation/range": "loss variation (range)",
 }
 CAPTION = (
-    "Landscape probes on the training batch (Santurkar et al. 2018; Cohen et al. 2021): mean over "
-    "seeds, band from min to max."
+    "Landscape probes on the training batch, along each optimizer's own update (Santurkar et al. 2018; "
+    "Cohen et al. 2021, 2022): mean over seeds, band from min to max. The ratio compares the sharpness "
+    "that fits the optimizer (preconditioned for Adam) with its stability threshold."
 )
+# Summaries written before the thresholds fitted the optimizer logged plain gradient descent's.
+_OLD_THRESHOLD = "sharpness_2_over_lr"
 
 
 def landscape(run: Run) -> dict:
@@ -70,6 +76,8 @@ def landscape_figure(groups: list[Group], path: Path) -> Path | None:
         if key == "sharpness":
             for limit in stability_limits(groups):
                 ax.axhline(limit, color="grey", ls=":", lw=1)
+        if key == "sharpness_ratio":
+            ax.axhline(1.0, color="grey", ls=":", lw=1)
         if log:
             ax.set_yscale("log")
         ax.set_title(title, fontsize=9)
@@ -83,8 +91,12 @@ def landscape_figure(groups: list[Group], path: Path) -> Path | None:
 
 
 def stability_limits(groups: list[Group]) -> list[float]:
-    """The distinct ``2 / lr`` of the probed runs: gradient descent on a quadratic diverges above it."""
-    limits = {landscape(r).get("final", {}).get("sharpness_2_over_lr") for g in groups for r in g.runs}
+    """The distinct thresholds that apply to the plain sharpness (not Adam's, which is for the
+    preconditioned one): (S)GD on a quadratic diverges above them."""
+    finals = [landscape(r).get("final", {}) for g in groups for r in g.runs]
+    limits = {
+        f.get("sharpness_threshold", f.get(_OLD_THRESHOLD)) for f in finals if "preconditioned_sharpness" not in f
+    }
     return sorted(v for v in limits if v is not None)
 
 
@@ -92,15 +104,20 @@ def landscape_table(groups: list[Group]) -> list[str]:
     """A ``## Landscape`` section: each group's last probe values, mean over seeds; ``[]`` without probes."""
     if not any(landscape(r) for g in groups for r in g.runs):
         return []
-    header = ["group", "runs probed", *TABLE.values(), "ICS cosine (mean over layers)"]
+    everything = [landscape(r).get("final", {}) for g in groups for r in g.runs]
+    keys = [k for k in TABLE if any(k in f for f in everything)]  # no empty column for Adam's quantity
+    header = ["group", "runs probed", *(TABLE[k] for k in keys), "ICS cosine (mean over layers)"]
     rows = [header, ["---"] * len(header)]
     for g in groups:
         finals = [landscape(r).get("final", {}) for r in g.runs if landscape(r)]
-        cells = [mean_pm_std([f.get(key) for f in finals], ".4g", ".2g") for key in TABLE]
+        cells = [mean_pm_std([f.get(key) for f in finals], ".4g", ".2g") for key in keys]
         ics = [_mean([v for k, v in f.items() if k.startswith("ics/") and k.endswith("/cos")]) for f in finals]
         rows.append([g.label, f"{len(finals)}/{len(g.runs)}", *cells, mean_pm_std(ics, ".4g", ".2g")])
     lines = [row(r) for r in rows]
-    intro = "Each instrument's value at the last probe of a run, mean ± std over seeds (`landscape` in `summary.json`)."
+    intro = (
+        "Each instrument's value at the last probe of a run, mean ± std over seeds (`landscape` in `summary.json`); "
+        "the threshold is the optimizer's own (Adam's applies to the preconditioned sharpness)."
+    )
     return ["## Landscape", "", intro, "", *lines, ""]
 
 
