@@ -18,6 +18,7 @@ EXPECTED_STDERR = (
     "`Trainer.fit` stopped:",
     "Restoring states from the checkpoint",
     "Loaded model weights from the checkpoint",
+    "ActivationStatistics: watching",  # which modules the diagnostics watch, said once at the start
 )
 
 
@@ -56,6 +57,7 @@ def test_default_run_prints_its_config_a_step_budget_bar_and_no_warnings(tmp_pat
     assert "/-2" not in proc.stdout  # Lightning's bar would read `Epoch 1/-2` under a step budget
     noise = [line for line in proc.stderr.splitlines() if line.strip() and not line.startswith(EXPECTED_STDERR)]
     assert not noise
+    assert "ActivationStatistics: watching 7 of 7 modules" in proc.stderr
 
 
 def test_quiet_known_noise_drops_the_listed_messages_only(caplog):
