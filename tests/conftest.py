@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
@@ -48,6 +49,7 @@ def entry(capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Call
     def _entry(module: str, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
         main = importlib.import_module(f"normlab.{module}").main
         argv = [f"normlab-{module}", *overrides]
+        threads = torch.get_num_threads()  # a multirun's TorchThreads callback sets them for its jobs
         with monkeypatch.context() as patch:
             patch.chdir(cwd)
             patch.setattr(sys, "argv", argv)
@@ -60,6 +62,7 @@ def entry(capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Call
                 status = e.code if isinstance(e.code, int) else 1
             finally:
                 release_run_dirs()  # as the end of a process would
+                torch.set_num_threads(threads)
             out, err = capfd.readouterr()
         return subprocess.CompletedProcess(argv, status, out, err)
 
