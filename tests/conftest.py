@@ -59,7 +59,7 @@ def entry(capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Call
                 main()
                 status = 0
             except SystemExit as e:
-                status = e.code if isinstance(e.code, int) else 1
+                status = e.code if isinstance(e.code, int) else int(e.code is not None)  # as Python's exit status
             finally:
                 release_run_dirs()  # as the end of a process would
                 torch.set_num_threads(threads)
