@@ -10,7 +10,6 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
-from helpers import run_entry
 from normlab.config import validate
 from normlab.errors import ConfigError
 from normlab.runs import config_dir, run_label
@@ -123,9 +122,9 @@ def test_run_label_says_what_the_run_is():
         (["data=mnist", "data.download=false"], "train-images-idx3-ubyte.gz"),
     ],
 )
-def test_cli_errors_are_one_clear_message_and_leave_nothing(tmp_path, overrides, needle):
+def test_cli_errors_are_one_clear_message_and_leave_nothing(entry, tmp_path, overrides, needle):
     run_dir = tmp_path / "run"
-    proc = run_entry(
+    proc = entry(
         "train",
         *overrides,
         f"data.data_dir={tmp_path}/none" if "data=mnist" in overrides else "seed=0",

@@ -134,9 +134,9 @@ def test_a_second_run_into_a_busy_run_directory_is_refused(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
-def test_a_new_run_into_a_directory_with_checkpoints_needs_overwrite(train, tmp_path):
+def test_a_new_run_into_a_directory_with_checkpoints_needs_overwrite(entry, train, tmp_path):
     _, run_dir = train("trainer.max_steps=20")
-    proc = run_entry("train", "trainer.max_steps=20", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = entry("train", "trainer.max_steps=20", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert "holds the checkpoints of an earlier run; resume it with ckpt_path=last" in one_line_error(proc)
     train("trainer.max_steps=20", "overwrite=true", run_dir=run_dir)
 
@@ -211,8 +211,8 @@ def test_ctrl_c_leaves_an_interrupted_summary_and_the_resume_command(tmp_path):
         ("foo=1", "foo is not a setting here; known keys: callbacks, ckpt_path, data"),
     ],
 )
-def test_hydra_composition_errors_are_one_line(tmp_path, override, expected):
-    line = one_line_error(run_entry("train", override, cwd=tmp_path))
+def test_hydra_composition_errors_are_one_line(entry, tmp_path, override, expected):
+    line = one_line_error(entry("train", override, cwd=tmp_path))
     assert line.startswith(f"normlab: error: {expected}")
     assert not (tmp_path / "outputs").exists()
 
@@ -231,55 +231,55 @@ def test_hydra_composition_errors_are_one_line(tmp_path, override, expected):
         (["data=mnist", "data.data_dir=README.md"], "data.data_dir=README.md is a file, not a folder"),
     ],
 )
-def test_bad_values_are_one_line_before_anything_runs(tmp_path, overrides, expected):
+def test_bad_values_are_one_line_before_anything_runs(entry, tmp_path, overrides, expected):
     (tmp_path / "README.md").write_text("a file, not a folder")
-    proc = run_entry("train", *overrides, "trainer.max_steps=5", cwd=tmp_path)
+    proc = entry("train", *overrides, "trainer.max_steps=5", cwd=tmp_path)
     assert expected in one_line_error(proc)
     assert "config" not in proc.stdout  # the config tree is printed only once the config is valid
     assert not (tmp_path / "outputs").exists()
 
 
-def test_broken_checkpoints_are_one_line(tmp_path):
+def test_broken_checkpoints_are_one_line(entry, tmp_path):
     (tmp_path / "text.ckpt").write_text("not a checkpoint")
     (tmp_path / "empty.ckpt").write_bytes(b"")
     for name in ("text.ckpt", "empty.ckpt"):
-        line = one_line_error(run_entry("train", f"ckpt_path={tmp_path / name}", cwd=tmp_path))
+        line = one_line_error(entry("train", f"ckpt_path={tmp_path / name}", cwd=tmp_path))
         assert f"ckpt_path={tmp_path / name} is not a readable checkpoint" in line
-    line = one_line_error(run_entry("evaluate", cwd=tmp_path))
+    line = one_line_error(entry("evaluate", cwd=tmp_path))
     assert line == "normlab: error: invalid config: ckpt_path has no value: pass ckpt_path=VALUE on the command line"
     assert not (tmp_path / "outputs").exists()
 
 
-def test_checkpoints_of_another_model_or_data_are_one_line(train, tmp_path):
+def test_checkpoints_of_another_model_or_data_are_one_line(entry, train, tmp_path):
     _, run_dir = train("trainer.max_steps=20")
     last = run_dir / "checkpoints" / "last.ckpt"
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(last.read_bytes()[:5000])
-    line = one_line_error(run_entry("train", f"ckpt_path={truncated}", cwd=tmp_path))
+    line = one_line_error(entry("train", f"ckpt_path={truncated}", cwd=tmp_path))
     assert "is not a readable checkpoint" in line
-    line = one_line_error(run_entry("train", f"ckpt_path={last}", "model.width=50", cwd=tmp_path))
+    line = one_line_error(entry("train", f"ckpt_path={last}", "model.width=50", cwd=tmp_path))
     assert f"ckpt_path={last} holds another model: net.layer1.fc.weight is [100, 64] there, [50, 64] here" in line
-    line = one_line_error(run_entry("train", f"ckpt_path={last}", "optimizer=adam", cwd=tmp_path))
+    line = one_line_error(entry("train", f"ckpt_path={last}", "optimizer=adam", cwd=tmp_path))
     assert "was trained with optimizer torch.optim.SGD, not torch.optim.Adam" in line
-    line = one_line_error(run_entry("evaluate", f"ckpt_path={last}", "data=synthetic", cwd=tmp_path))
+    line = one_line_error(entry("evaluate", f"ckpt_path={last}", "data=synthetic", cwd=tmp_path))
     assert "data.input_shape=[8] does not fit" in line and "takes input_shape=[1, 8, 8]" in line
     assert not (tmp_path / "outputs").exists()
 
 
-def test_an_unwritable_run_directory_is_one_line(tmp_path):
+def test_an_unwritable_run_directory_is_one_line(entry, tmp_path):
     (tmp_path / "file").write_text("")
-    line = one_line_error(run_entry("train", f"hydra.run.dir={tmp_path / 'file' / 'run'}", cwd=tmp_path))
+    line = one_line_error(entry("train", f"hydra.run.dir={tmp_path / 'file' / 'run'}", cwd=tmp_path))
     assert f"cannot write the run directory {tmp_path / 'file' / 'run'}" in line
 
 
 # 9 ------------------------------------------------------------------------------------------
-def test_a_failure_after_hydra_created_the_run_directory_leaves_no_folder(tmp_path):
-    line = one_line_error(run_entry("train", "ckpt_path=last", cwd=tmp_path))  # the default, dated run directory
+def test_a_failure_after_hydra_created_the_run_directory_leaves_no_folder(entry, tmp_path):
+    line = one_line_error(entry("train", "ckpt_path=last", cwd=tmp_path))  # the default, dated run directory
     assert "ckpt_path=last: no checkpoint in" in line
     assert not (tmp_path / "outputs").exists()
     kept = tmp_path / "outputs" / "runs" / "mine"
     kept.mkdir(parents=True)
-    one_line_error(run_entry("train", "ckpt_path=last", f"hydra.run.dir={kept}", cwd=tmp_path))
+    one_line_error(entry("train", "ckpt_path=last", f"hydra.run.dir={kept}", cwd=tmp_path))
     assert kept.is_dir()  # there before: not ours to remove
 
 

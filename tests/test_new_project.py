@@ -42,6 +42,7 @@ def run(*cmd: str | Path, cwd: Path, timeout: float = 300) -> subprocess.Complet
     return proc
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("git") is None or not (REPO / ".git").exists(), reason="needs a git checkout")
 def test_renamed_copy_installs_trains_and_passes_its_tests(tmp_path):
     project = tmp_path / "project"

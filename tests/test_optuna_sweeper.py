@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -36,8 +37,8 @@ def trial_states(db: Path) -> list[tuple[int, str]]:
         return con.execute("select number, state from trials order by number").fetchall()
 
 
-def search(sweep: Path, *overrides: str) -> subprocess.CompletedProcess:
-    proc = run_entry("train", *SEARCH, *overrides, f"hydra.sweep.dir={sweep}", cwd=sweep.parent)
+def search(sweep: Path, *overrides: str, run: Callable[..., subprocess.CompletedProcess] = run_entry):
+    proc = run("train", *SEARCH, *overrides, f"hydra.sweep.dir={sweep}", cwd=sweep.parent)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
@@ -66,30 +67,30 @@ def test_search_space_keeps_the_official_plugins_syntax():
     }
 
 
-def test_a_trial_left_running_by_a_dead_sweep_is_failed_and_numbering_continues(tmp_path):
+def test_a_trial_left_running_by_a_dead_sweep_is_failed_and_numbering_continues(entry, tmp_path):
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     study = optuna.create_study(
         study_name="lr_search", storage=f"sqlite:///{sweep / 'optuna.db'}", direction="maximize"
     )
     study.ask()  # trial 0, RUNNING in the database, its process gone
-    proc = multirun(sweep, *SEARCH, "hydra.sweeper.n_trials=1")
+    proc = multirun(sweep, *SEARCH, "hydra.sweeper.n_trials=1", run=entry)
     assert "trials [0] left running by a dead sweep marked failed" in proc.stdout + proc.stderr
     assert trial_states(sweep / "optuna.db") == [(0, "FAIL"), (1, "COMPLETE")]
     assert [p.name[:3] for p in run_dirs(sweep)] == ["001"]
     # n_trials is the total: started again, a study that has it runs nothing
-    again = multirun(sweep, *SEARCH, "hydra.sweeper.n_trials=1")
+    again = multirun(sweep, *SEARCH, "hydra.sweeper.n_trials=1", run=entry)
     assert "1 of 1 trials done" in again.stdout + again.stderr
     assert len(trial_states(sweep / "optuna.db")) == 2
 
 
-def test_pruning_stops_a_hopeless_trial_early(tmp_path):
+def test_pruning_stops_a_hopeless_trial_early(entry, tmp_path):
     sweep = tmp_path / "sweep"
     prune = ["hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1", "model=bn_mlp"]
     # a validation every 5 steps; the first trial learns, the second (lr 1e-6) cannot
     budget = ["trainer.max_steps=40", "trainer.limit_train_batches=5", "trainer.limit_val_batches=1"]
-    search(sweep, *prune, "hydra.sweeper.n_trials=1", "optimizer.lr=interval(0.4, 0.5)", *budget)
-    proc = search(sweep, *prune, "hydra.sweeper.n_trials=2", "optimizer.lr=interval(1e-7, 1e-6)", *budget)
+    search(sweep, *prune, "hydra.sweeper.n_trials=1", "optimizer.lr=interval(0.4, 0.5)", *budget, run=entry)
+    proc = search(sweep, *prune, "hydra.sweeper.n_trials=2", "optimizer.lr=interval(1e-7, 1e-6)", *budget, run=entry)
     assert trial_states(sweep / "optuna.db") == [(0, "COMPLETE"), (1, "PRUNED")]
     good, hopeless = run_dirs(sweep)
     summary = json.loads((hopeless / "summary.json").read_text())

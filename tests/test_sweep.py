@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,10 +33,10 @@ GRID = ["model=baseline_mlp,bn_mlp", "optimizer.lr=0.05,0.5"]
 STATUS_LINE = re.compile(r"^  (\d{3})  +(\w+) ", flags=re.MULTILINE)
 
 
-def multirun(sweep_dir: Path, *overrides: str, timeout: float = 300):
-    proc = run_entry(
-        "train", "-m", *overrides, *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=sweep_dir.parent, timeout=timeout
-    )
+def multirun(sweep_dir: Path, *overrides: str, run: Callable[..., subprocess.CompletedProcess] = run_entry):
+    """``normlab-train -m overrides...`` with the TINY budget: a process of its own unless ``run`` is
+    the in-process ``entry`` fixture (the basic launcher runs its jobs in the sweep's process anyway)."""
+    proc = run("train", "-m", *overrides, *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=sweep_dir.parent)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     return proc
 
@@ -69,20 +71,21 @@ def check_grid_sweep(sweep: Path, stdout: str) -> None:
     assert sum(line.startswith("| model=") for line in rows.splitlines()) == 4
 
 
-def test_basic_launcher_sweep_lands_in_one_directory_and_is_reported(tmp_path):
-    proc = multirun(tmp_path / "sweep", *GRID)
+def test_basic_launcher_sweep_lands_in_one_directory_and_is_reported(entry, tmp_path):
+    proc = multirun(tmp_path / "sweep", *GRID, run=entry)
     check_grid_sweep(tmp_path / "sweep", proc.stdout)
 
 
+@pytest.mark.slow
 def test_joblib_launcher_runs_the_same_sweep_in_parallel(tmp_path):
     proc = multirun(tmp_path / "sweep", *GRID, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     check_grid_sweep(tmp_path / "sweep", proc.stdout)
     assert "Joblib.Parallel(n_jobs=2," in proc.stdout
 
 
-def test_a_diverging_and_a_failing_job_do_not_stop_the_sweep(tmp_path):
+def test_a_diverging_and_a_failing_job_do_not_stop_the_sweep(entry, tmp_path):
     # lr 1000 blows the baseline up; lr -1 is rejected by the config check inside its job
-    proc = multirun(tmp_path / "sweep", "model=baseline_mlp", "optimizer.lr=0.1,1000,-1")
+    proc = multirun(tmp_path / "sweep", "model=baseline_mlp", "optimizer.lr=0.1,1000,-1", run=entry)
     assert statuses(proc.stdout) == {"000": "completed", "001": "diverged", "002": "failed"}
     assert "optimizer.lr=-1.0 is out of range" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -131,9 +134,9 @@ def test_submitit_local_launcher(tmp_path):
     assert [g.label for g in report.groups] == ["model=baseline_mlp", "model=bn_mlp"]
 
 
-def test_optuna_search_of_two_trials_returns_the_best_run(tmp_path):
+def test_optuna_search_of_two_trials_returns_the_best_run(entry, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = multirun(sweep, "hparams_search=lr_optuna", "hydra.sweeper.n_trials=2")
+    proc = multirun(sweep, "hparams_search=lr_optuna", "hydra.sweeper.n_trials=2", run=entry)
     assert statuses(proc.stdout) == {"000": "completed", "001": "completed"}
     result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     runs = [p for p in sweep.iterdir() if (p / ".hydra").is_dir()]

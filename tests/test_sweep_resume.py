@@ -159,6 +159,7 @@ def test_the_newest_checkpoint_is_resumed_the_slurm_requeue_one_included(tmp_pat
     assert latest_checkpoint(make_run(tmp_path, 1, ["m=b"])) is None
 
 
+@pytest.mark.slow
 def test_joblib_sweep_started_again_launches_only_what_did_not_end(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["model=baseline_mlp,bn_mlp", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]

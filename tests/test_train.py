@@ -15,6 +15,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from helpers import read_scalars, run_entry
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["baseline_mlp", "bn_mlp"])
 def test_default_budget_reaches_90_percent_on_digits(train, model):
     proc, run_dir = train(f"model={model}")
@@ -99,8 +100,10 @@ def test_synthetic_and_cnn_train(train):
 
 
 @pytest.mark.slow
-def test_ddp_cpu_writes_one_run_directory(train, tmp_path):
-    proc, run_dir = train("trainer=ddp_cpu", "trainer.max_steps=20")
+def test_ddp_cpu_writes_one_run_directory(tmp_path):
+    run_dir = tmp_path / "run"  # a process of its own: DDP starts its workers from the command line
+    proc = run_entry("train", "trainer=ddp_cpu", "trainer.max_steps=20", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "finished 20 steps" in proc.stdout
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [run_dir.name]
     assert len(list(run_dir.glob("events.out.tfevents*"))) >= 1

@@ -159,6 +159,15 @@ def claim_run_dir(run_dir: Path, resuming: bool, overwrite: bool = False) -> Non
         partial.unlink(missing_ok=True)
 
 
+def release_run_dirs() -> None:
+    """Unlock every run directory this process claimed, for a process that starts one run after
+    another in itself (the tests' in-process entry points, a notebook)."""
+    for fd in _locks.values():
+        os.close(fd)
+    _locks.clear()
+    _created.clear()
+
+
 def _refuse_foreign_checkpoints(run_dir: Path, resuming: bool, overwrite: bool) -> None:
     old = sorted((run_dir / "checkpoints").glob("*.ckpt"))
     if not old or resuming:
