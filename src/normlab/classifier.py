@@ -26,6 +26,9 @@ class Classifier(L.LightningModule):
         optimizer: config of a partial optimizer (``_partial_: true``), called with the parameters.
         scheduler: ``None``, or a Lightning LR-scheduler dict whose ``scheduler`` entry is a partial
             scheduler config (called with the optimizer), e.g. ``{scheduler: ..., interval: step}``.
+        log_every_n_steps: ``train/loss`` goes to the loggers and the progress bar on every
+            optimizer step that is a multiple of this (step 0 included); the training config ties
+            it to ``trainer.log_every_n_steps``.
 
     Logged: ``train/loss``, ``train/acc``, ``val/loss``, ``val/acc``, ``val/acc_best``,
     ``test/loss``, ``test/acc``.
@@ -39,6 +42,7 @@ class Classifier(L.LightningModule):
         num_classes: int,
         optimizer: Mapping[str, Any],
         scheduler: Mapping[str, Any] | None = None,
+        log_every_n_steps: int = 50,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(logger=False)  # the entry point writes hparams with real metrics
@@ -69,13 +73,21 @@ class Classifier(L.LightningModule):
             self._pending.append((logits.detach().argmax(dim=1), y))
             if len(self._pending) == self.PENDING_BATCHES:
                 self._update_train_acc()
-            # Logged every step; Lightning writes it every `trainer.log_every_n_steps` steps.
-            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
+            if self.trainer.global_step % self.hparams.log_every_n_steps == 0:
+                self._log_train_loss(loss)
         else:
             acc.update(logits.detach(), y)
             self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
             self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True)
         return loss
+
+    def _log_train_loss(self, loss: Tensor) -> None:
+        # Written through the loggers' public API on this module's own cadence: a `self.log` call
+        # costs about as much as a small network's whole step, too much to pay on every step.
+        value = loss.detach().item()
+        self.log("train/loss", value, prog_bar=True, logger=False)
+        for logger in self.loggers:
+            logger.log_metrics({"train/loss": value}, step=self.trainer.global_step)
 
     def _update_train_acc(self) -> None:
         # One metric update for the batches since the last one: the metric's per-call bookkeeping
