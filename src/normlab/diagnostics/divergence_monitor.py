@@ -27,8 +27,8 @@ class DivergenceMonitor(DiagnosticsCallback):
     """Finds the first non-finite loss at its exact step, names where it came from, and stops the
     run cleanly (``on_nonfinite="stop"``) or warns and goes on (``"warn"``).
 
-    Every micro-batch's loss is copied into a history on the device: one small copy, no read. The
-    history is read at the end of each logging step, which also checks the batch, the weights
+    Every micro-batch's loss is kept, detached, on the device: no copy, no read. They are read
+    together at the end of each logging step, which also checks the batch, the weights
     (before the update), the gradients and, when an ``ActivationStatistics`` runs on the same
     Trainer, every watched module's output (``divergence.locate_loss``). A non-finite gradient under
     a finite loss is found on logging steps (under a GradScaler, where such steps are routine and
@@ -58,7 +58,7 @@ class DivergenceMonitor(DiagnosticsCallback):
         self.activations = activations
         self.summary: RunSummary | None = None  # the run summary to report to, if any
         self.diverged = False
-        self._losses: Tensor | None = None  # the loss of each micro-batch since the last read
+        self._losses: list[Tensor] = []  # the loss of each micro-batch since the last read, on the device
         self._steps: list[int] = []  # the optimizer step of each of them
         self._batch = None
         self._evidence: dict | None = None  # a logging step's device tensors, until read
@@ -72,7 +72,7 @@ class DivergenceMonitor(DiagnosticsCallback):
             self.activations = next((c for c in trainer.callbacks if isinstance(c, ActivationStatistics)), None)
         self.layers = parameter_layers(pl_module, owner=type(self).__name__)
         self._params = [p for layer in self.layers for p in layer.params]
-        self._losses, self._steps, self._evidence, self.diverged = None, [], None, False
+        self._losses, self._steps, self._evidence, self.diverged = [], [], None, False
 
     def _scaler(self, trainer: L.Trainer):
         return getattr(trainer.precision_plugin, "scaler", None)
@@ -83,7 +83,7 @@ class DivergenceMonitor(DiagnosticsCallback):
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
         step = trainer.global_step
-        self._remember(loss.detach())
+        self._losses.append(loss.detach())  # kept on the device: no read, no copy
         self._steps.append(step)
         if self.is_logging_step(step) and (self._evidence is None or self._evidence["step"] != step):
             # a logging step: the evidence of its origin, on the device until the step ends
@@ -91,15 +91,6 @@ class DivergenceMonitor(DiagnosticsCallback):
             self._scale = scaler.get_scale() if scaler is not None else 1.0
             weights = tensor_norms(self._params) if self._params else loss.new_zeros(0)
             self._evidence = {"step": step, "batch": batch_finite(self._batch, loss.device), "weights": weights}
-
-    def _remember(self, loss: Tensor) -> None:
-        """Copy the loss into the history: a device-side copy, grown (never read) when it is full."""
-        if self._losses is None or len(self._steps) == len(self._losses):
-            grown = torch.empty(max(64, 2 * len(self._steps)), dtype=torch.float32, device=loss.device)
-            if self._losses is not None:
-                grown[: len(self._steps)] = self._losses
-            self._losses = grown
-        self._losses[len(self._steps)].copy_(loss)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         evidence = self._evidence
@@ -123,7 +114,8 @@ class DivergenceMonitor(DiagnosticsCallback):
         if not self._steps:
             return
         evidence, self._evidence = self._evidence, None
-        parts = [self._losses[: len(self._steps)]]
+        parts = [torch.stack(self._losses).float().reshape(-1)]
+        self._losses = []
         if evidence is not None:
             parts += [
                 evidence["batch"].float().reshape(1),

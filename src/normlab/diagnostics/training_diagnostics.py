@@ -90,15 +90,17 @@ class TrainingDiagnostics(L.Callback):
 
     def _call(self, hook: str, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step
-        timed = self.is_logging_step(step) and hook not in ("setup", "on_train_start", "on_train_end")
-        start = time.perf_counter() if timed else 0.0
-        for part in self.parts:
-            if part is self.run_summary and hook == "on_train_end":
-                self._send(trainer)  # the last steps before the summary's: TensorBoard wants steps in order
-            getattr(part, hook)(trainer, *args)
-        if timed:
+        if not self.is_logging_step(step) or hook in ("setup", "on_train_start", "on_train_end"):
+            for part in self.parts:  # most steps: each part's hook, untimed
+                if part is self.run_summary and hook == "on_train_end":
+                    self._send(trainer)  # the last steps before the summary's: TensorBoard wants steps in order
+                getattr(part, hook)(trainer, *args)
+        else:
+            start = time.perf_counter()
+            for part in self.parts:
+                getattr(part, hook)(trainer, *args)
             self._seconds[step] = self._seconds.get(step, 0.0) + time.perf_counter() - start
-        if hook in ("on_train_batch_end", "on_validation_start", "on_train_end"):
+        if self._seconds and hook in ("on_train_batch_end", "on_validation_start"):
             self._send(trainer)
 
     def _send(self, trainer: L.Trainer) -> None:
