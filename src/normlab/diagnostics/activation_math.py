@@ -89,13 +89,13 @@ def binned_percentiles(counts: np.ndarray, ranges: np.ndarray, q: Sequence[float
     cumulative = counts.cumsum(1)
     total = cumulative[:, -1:]
     rank = np.maximum(total - 1, 0) * np.asarray(q, np.float64) / 100
-    out, where = np.empty((rows, len(q))), np.empty((rows, len(q)), dtype=np.int64)
-    for r in range(rows):
-        j = np.searchsorted(cumulative[r], rank[r], side="right")
-        before = np.where(j > 0, cumulative[r][np.maximum(j - 1, 0)], 0.0)
-        inside = np.maximum(counts[r][np.minimum(j, bins + 1)], 1)
-        where[r] = j
-        out[r] = j - 1 + np.clip((rank[r] - before + 0.5) / inside, 0, 1)
+    # one search for all rows: each row's cumulative counts lifted above the previous row's
+    lift = (np.arange(rows) * (total.max() + 1))[:, None]
+    found = np.searchsorted((cumulative + lift).ravel(), (rank + lift).ravel(), side="right").reshape(rank.shape)
+    where = found - np.arange(rows)[:, None] * (bins + 2)  # the bin within the row
+    before = np.where(where > 0, np.take_along_axis(cumulative, np.maximum(where - 1, 0), 1), 0.0)
+    inside = np.maximum(np.take_along_axis(counts, np.minimum(where, bins + 1), 1), 1)
+    out = where - 1 + np.clip((rank - before + 0.5) / inside, 0, 1)
     width = (ranges[:, 1] - ranges[:, 0]) / bins
     out = ranges[:, :1] + width[:, None] * out
     spread = out[:, -1] - out[:, 0] if len(q) > 1 else np.full(rows, np.inf)
