@@ -55,6 +55,7 @@ class Classifier(L.LightningModule):
         self.val_acc_best.persistent(True)  # survives a resume
         self.train_acc.persistent(True)  # a checkpoint saved after validation resumes the epoch's accuracy
         self._pending: list[tuple[Tensor, Tensor]] = []  # training (predictions, targets) not yet in train_acc
+        self._own_call = False  # whether the next training_step is the batch's own (see on_train_batch_start)
 
     def transfer_batch_to_device(self, batch: tuple[Tensor, Tensor], device: torch.device, dataloader_idx: int) -> Any:
         # Batches are (inputs, targets) pairs: move both directly instead of walking the batch
@@ -73,8 +74,9 @@ class Classifier(L.LightningModule):
             self._pending.append((logits.detach().argmax(dim=1), y))
             if len(self._pending) == self.PENDING_BATCHES:
                 self._update_train_acc()
-            if self.trainer.global_step % self.hparams.log_every_n_steps == 0:
+            if self._own_call and self.trainer.global_step % self.hparams.log_every_n_steps == 0:
                 self._log_train_loss(loss)
+            self._own_call = False
         else:
             acc.update(logits.detach(), y)
             self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True)
@@ -96,6 +98,11 @@ class Classifier(L.LightningModule):
             preds, targets = zip(*self._pending, strict=True)
             self.train_acc.update(torch.cat(preds), torch.cat(targets))
             self._pending.clear()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # Callbacks (the landscape probes) may call training_step again within a batch: only the
+        # batch's own call logs.
+        self._own_call = True
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         return self._step(batch, "train", self.train_acc)
