@@ -96,20 +96,32 @@ def test_a_failed_checkpoint_write_leaves_the_old_file_and_no_partial(tmp_path, 
 @pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_only_whole_checkpoints(tmp_path):
     run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
     rng = random.Random(15)
+    reached = 0
     for attempt in range(4):
         resume = ["ckpt_path=last"] if attempt else []
         proc = popen_train(
             run_dir, "trainer.max_steps=100000", "~callbacks.diagnostics", "~callbacks.progress", *resume
         )
-        wait_for(run_dir / "checkpoints" / "last.ckpt", proc)
+        wait_for_step_above(last, reached, proc)  # this attempt has written a checkpoint of its own
         time.sleep(rng.uniform(0.0, 1.5))  # a checkpoint is written about every 0.1 s
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         for path in (run_dir / "checkpoints").iterdir():
             if path.suffix == ".ckpt":
                 assert step_of(path) > 0, path  # loads, whole
-    assert step_of(run_dir / "checkpoints" / "last.ckpt") > 18  # each resume went on from the last one
+        assert step_of(last) > reached  # each resume went on from the last one
+        reached = step_of(last)
+
+
+def wait_for_step_above(path: Path, step: int, proc: subprocess.Popen, timeout: float = 240) -> None:
+    """Wait until ``path`` holds a checkpoint beyond ``step`` (written atomically: always whole)."""
+    deadline = time.monotonic() + timeout
+    while not (path.exists() and step_of(path) > step):
+        assert proc.poll() is None, f"the run ended before {path} went beyond step {step}"
+        assert time.monotonic() < deadline, f"{path} stayed at step {step}"
+        time.sleep(0.05)
 
 
 # 3 ------------------------------------------------------------------------------------------
