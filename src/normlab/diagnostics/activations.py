@@ -6,6 +6,7 @@ import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -92,7 +93,8 @@ class ActivationStatistics(DiagnosticsCallback):
         self.selection = Selection([])
         self.recorder = ActivationRecorder([], sample_size)
         self.last: StepOutputs | None = None  # the latest logging step's finiteness, for DivergenceMonitor
-        self._ranges: dict[int, tuple[float, float]] = {}
+        self._ranges: dict[str, tuple[float, float]] = {}  # by module name; kept in checkpoints
+        self._restored: dict[str, tuple[float, float]] = {}
         self._fired: set[int] = set()
         self._recorded_step = -1
 
@@ -107,7 +109,7 @@ class ActivationStatistics(DiagnosticsCallback):
             return
         self.selection = select_modules(pl_module, self.types, self.include, self.exclude, self.max_modules)
         self.recorder = ActivationRecorder(self.watched, self.sample_size)
-        self._ranges, self._fired, self._recorded_step, self.last = {}, set(), -1, None
+        self._ranges, self._fired, self._recorded_step, self.last = dict(self._restored), set(), -1, None
         if self.selection.left_out.get("under nn.DataParallel"):
             rank_zero_warn(
                 f"{type(self).__name__}: the modules under nn.DataParallel are not watched (it copies them into "
@@ -150,6 +152,14 @@ class ActivationStatistics(DiagnosticsCallback):
         # every rank computes when samples are gathered across ranks; only rank zero writes
         return self._logging and (trainer.is_global_zero or self._gathers(trainer))
 
+    def state_dict(self) -> dict[str, Any]:
+        """The histogram ranges: a resumed run bins as the run it continues did."""
+        return {"ranges": {name: list(bounds) for name, bounds in self._ranges.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._restored = {name: tuple(bounds) for name, bounds in state_dict.get("ranges", {}).items()}
+        self._ranges.update(self._restored)
+
     def _gathers(self, trainer: L.Trainer) -> bool:
         return self.reduce_histograms and trainer.world_size > 1
 
@@ -183,7 +193,7 @@ class ActivationStatistics(DiagnosticsCallback):
             x = trainer.strategy.all_gather(x).transpose(0, 1).reshape(len(found), -1)
             lengths = trainer.strategy.reduce(lengths, reduce_op="sum")
         self._fix_ranges(indices, x)
-        ranges = [self._ranges.get(i, (-1.0, 1.0)) for i in indices]
+        ranges = [self._ranges.get(self.watched[i].name, (-1.0, 1.0)) for i in indices]
         flags = [m.finite for m in found if m.finite is not None]
         raw = [(row, key, value) for row, m in enumerate(found) for key, value in m.extras.items()]
         parts = {
@@ -228,7 +238,7 @@ class ActivationStatistics(DiagnosticsCallback):
             raw = {key: host[f"{row}.{key}"] for key in m.extras}
             for key, value in math_.role_scalars(raw).items():
                 scalars[self._extra_tag(i, key)] = value
-            edges = self._edges(self._ranges.get(i, (-1.0, 1.0)))
+            edges = self._edges(self._ranges.get(w.name, (-1.0, 1.0)))
             histograms[tag] = Histogram(edges, counts[row], stats["count"], stats["sum"], stats["sum_squares"])
         return scalars, histograms, finite
 
@@ -245,7 +255,7 @@ class ActivationStatistics(DiagnosticsCallback):
     def _fix_ranges(self, indices: list[int], x: Tensor) -> None:
         """Give each module its histogram range the first time its output says something (a host read
         on the first logging steps only)."""
-        missing = [row for row, i in enumerate(indices) if i not in self._ranges]
+        missing = [row for row, i in enumerate(indices) if self.watched[i].name not in self._ranges]
         if not missing:
             return
         rows = torch.tensor(missing, device=x.device)
@@ -254,7 +264,7 @@ class ActivationStatistics(DiagnosticsCallback):
             w = self.watched[indices[row]]
             chosen = SATURATING.get(w.kind) or self.hist_range or math_.fixed_range(*extremes[n])
             if chosen is not None:
-                self._ranges[indices[row]] = chosen
+                self._ranges[w.name] = chosen
 
     # ------------------------------------------------------------------------- TensorBoard layout
     def layout(self) -> dict:

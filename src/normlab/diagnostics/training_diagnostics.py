@@ -127,10 +127,11 @@ class TrainingDiagnostics(L.Callback):
             self._outputs.custom_scalars({**self.activations.layout(), **self.parameters.layout()})
 
     def state_dict(self) -> dict[str, Any]:
-        return self.run_summary.state_dict()
+        return {**self.run_summary.state_dict(), **self.activations.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.run_summary.load_state_dict(state_dict)
+        self.activations.load_state_dict(state_dict)
 
     # each hook: every part's, in order
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
