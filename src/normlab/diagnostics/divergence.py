@@ -9,6 +9,7 @@ step is found at its exact step, through the loss history, but its origin can no
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +43,7 @@ def batch_finite(batch: Any, device: torch.device) -> Tensor:
 
 def first_nonfinite(values: Sequence[float]) -> int | None:
     """The index of the first value that is NaN or infinite."""
-    return next((i for i, v in enumerate(values) if v != v or v in (float("inf"), float("-inf"))), None)
+    return next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
 
 
 def locate_loss(evidence: Evidence) -> tuple[str, str, str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
@@ -144,7 +146,7 @@ class DivergenceMonitor(DiagnosticsCallback):
     def _evidence_at(self, values: list[float]) -> Evidence:
         """The evidence of a logging step from its host values: the batch flag, then the weight and
         gradient norm of each parameter tensor (a layer is finite when all its tensors are)."""
-        finite = [v == v and abs(v) != float("inf") for v in values]
+        finite = [math.isfinite(v) for v in values]
         count = len(self._params)
         outputs, unwatched = [], 0
         if self.activations is not None and self.activations.last is not None:
