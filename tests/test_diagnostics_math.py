@@ -15,10 +15,12 @@ from tensorboard.summary.writer import record_writer
 from torch import nn
 
 from normlab.diagnostics import activation_math as am
+from normlab.diagnostics.activation_math import finite_values
 from normlab.diagnostics.cadence import Cadence
 from normlab.diagnostics.divergence import Evidence, first_nonfinite, locate_gradient, locate_loss
 from normlab.diagnostics.output import Histogram, Outputs, masked_crc32c, use_fast_checksums
 from normlab.diagnostics.parameters import layer_values, membership, parameter_layers, tensor_norms
+from normlab.diagnostics.sample_statistics import summarize
 from normlab.diagnostics.summary import RunSummary, merge_json
 
 RNG = np.random.default_rng(0)
@@ -35,35 +37,53 @@ def samples() -> list[np.ndarray]:
     return [tiny, unit, relu, broken]
 
 
-def matrix(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    x = am.stack_samples([torch.tensor(r, dtype=torch.float32) for r in rows])
-    return x, torch.tensor([len(r) for r in rows])
+def matrix(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The rows' finite values, zero-padded as the callbacks stack them, and their padding weights."""
+    finite = [torch.tensor(r[np.isfinite(r)], dtype=torch.float32) for r in rows]
+    return am.stack_samples(finite), am.padding_weights([len(f) for f in finite], torch.device("cpu"))
 
 
 def test_moments_and_exact_percentiles_equal_numpy_at_every_scale() -> None:
     rows = samples()
-    x, lengths = matrix(rows)
-    got = am.moments(x, lengths).numpy()
-    pct = am.exact_percentiles(x, [15, 50, 85]).numpy()
+    x, weights = matrix(rows)
+    sums = am.moments(x).numpy()
+    pct = am.exact_percentiles(x, [15, 50, 85], weights).numpy()
     for i, row in enumerate(rows):
         finite = row[np.isfinite(row)].astype(np.float32).astype(np.float64)
-        stats = dict(zip(am.MOMENTS, got[i], strict=True))
-        assert stats["count"] == len(finite) and stats["nonfinite"] == len(row) - len(finite)
-        assert stats["mean"] == pytest.approx(finite.mean(), rel=1e-5, abs=1e-9)
-        assert stats["std"] == pytest.approx(finite.std(), rel=1e-4)
-        assert stats["sum_squares"] == pytest.approx(np.square(finite).sum(), rel=1e-5)
+        assert sums[i, 0] == pytest.approx(finite.sum(), rel=1e-6, abs=1e-9)
+        assert sums[i, 1] == pytest.approx(np.square(finite).sum(), rel=1e-6)
         spread = np.percentile(finite, 85) - np.percentile(finite, 15)
         assert np.abs(pct[i] - np.percentile(finite, [15, 50, 85])).max() < 1e-5 * spread + 1e-9
 
 
+def test_summarize_equals_numpy_and_redoes_a_row_with_nonfinite_values() -> None:
+    """The whole pipeline: every row's count, moments, percentiles and histogram, the broken row's
+    from its finite values, with its NaN and infinities counted."""
+    rows = samples()
+    x = am.stack_samples([torch.tensor(r, dtype=torch.float32) for r in rows])
+    weights = am.padding_weights([len(r) for r in rows], torch.device("cpu"))
+    bounds = np.array([[-0.03125, 0.03125], [-8.0, 8.0], [0.0, 4.0], [-16.0, 16.0]])
+    stats = summarize(x, bounds, 16, [15, 50, 85], 0.95, weights)
+    for i, row in enumerate(rows):
+        finite = row[np.isfinite(row)].astype(np.float32).astype(np.float64)
+        assert stats.count[i] == len(finite) and stats.nonfinite[i] == len(row) - len(finite)
+        assert stats.mean[i] == pytest.approx(finite.mean(), rel=1e-5, abs=1e-9)
+        assert stats.std[i] == pytest.approx(finite.std(), rel=1e-4)
+        spread = np.percentile(finite, 85) - np.percentile(finite, 15)
+        assert np.abs(stats.percentiles[i] - np.percentile(finite, [15, 50, 85])).max() < 0.02 * spread
+        expected, _ = np.histogram(np.clip(finite, *bounds[i]), bins=16, range=tuple(bounds[i]))
+        assert stats.histogram[i].tolist() == expected.tolist()
+    assert finite_values(torch.tensor([1.0, np.nan, np.inf, 2.0]))[1] == 2
+
+
 def test_binned_percentiles_are_within_one_fine_bin_and_say_when_to_sort() -> None:
     rows = samples()
-    x, _ = matrix(rows)
+    x, weights = matrix(rows)
     ranges = np.array([[-0.03125, 0.03125], [-8.0, 8.0], [0.0, 4.0], [-2.0, 2.0]])
     bins = 80 * am.FINE
-    counts = am.fine_histogram(x, torch.tensor(ranges, dtype=torch.float32), bins).numpy().astype(np.float64)
+    counts = am.fine_histogram(x, torch.tensor(ranges, dtype=torch.float32), bins, weights).double().numpy()
     binned, ok = am.binned_percentiles(counts, ranges, [15, 50, 85])
-    exact = am.exact_percentiles(x, [15, 50, 85]).numpy()
+    exact = am.exact_percentiles(x, [15, 50, 85], weights).numpy()
     width = (ranges[:, 1] - ranges[:, 0]) / bins
     assert ok.tolist() == [True, True, True, False]  # the last has values beyond its range
     for i, row in enumerate(rows[:3]):
@@ -73,21 +93,21 @@ def test_binned_percentiles_are_within_one_fine_bin_and_say_when_to_sort() -> No
         assert width[i] < am.BINNED_ERROR * (exact[i, 2] - exact[i, 0])
     # the same values in a range far too wide: the bins are too coarse to trust
     wide = np.array([[-1024.0, 1024.0]])
-    counts = am.fine_histogram(x[1:2], torch.tensor(wide, dtype=torch.float32), bins).numpy().astype(np.float64)
+    counts = am.fine_histogram(x[1:2], torch.tensor(wide, dtype=torch.float32), bins).double().numpy()
     assert not am.binned_percentiles(counts, wide, [15, 85])[1][0]
 
 
-def test_percentiles_of_a_row_without_finite_values_are_nan() -> None:
-    x, _ = matrix([np.array([np.nan, np.inf]), np.array([1.0, 2.0, 3.0])])
-    out = am.exact_percentiles(x, [0, 50, 100]).numpy()
+def test_percentiles_of_an_empty_row_are_nan() -> None:
+    x, weights = matrix([np.array([np.nan, np.inf]), np.array([1.0, 2.0, 3.0])])
+    out = am.exact_percentiles(x, [0, 50, 100], weights).numpy()
     assert np.isnan(out[0]).all() and out[1].tolist() == [1.0, 2.0, 3.0]
 
 
 def test_fine_histogram_equals_numpy_with_outliers_in_the_edge_bins_and_coarsens_exactly() -> None:
     rows = samples()
-    x, _ = matrix(rows)
+    x, weights = matrix(rows)
     ranges = torch.tensor([[-0.03, 0.03], [-4.0, 4.0], [0.0, 4.0], [-8.0, 8.0]])
-    counts = am.fine_histogram(x, ranges, 16 * 4).numpy()
+    counts = am.fine_histogram(x, ranges, 16 * 4, weights).numpy()
     for i, row in enumerate(rows):
         low, high = ranges[i].tolist()
         finite = np.clip(row[np.isfinite(row)].astype(np.float32), low, np.nextafter(np.float32(high), -np.inf))

@@ -112,7 +112,7 @@ def test_measurements_are_what_leaves_each_module_even_before_an_inplace_relu() 
     bn_in, bn_out = seen[1]
     torch.testing.assert_close(measured["1"].sample, bn_out.flatten())  # not the ReLU's output
     assert (measured["1"].sample < 0).any()
-    scalars = role_scalars({k: v.float().numpy() for k, v in measured["1"].extras.items()})
+    scalars = role_scalars({k: v.float().numpy() for k, v in measured["1"].extras.items()}, eps=net[1].eps)
     assert scalars["input_mean"] == pytest.approx(bn_in.mean().item(), abs=1e-6)
     assert scalars["input_std"] == pytest.approx(bn_in.std(correction=0).item(), rel=1e-5)
     batch_mean, batch_var = bn_in.mean((0, 2, 3)), bn_in.var((0, 2, 3), correction=0)
@@ -124,17 +124,20 @@ def test_measurements_are_what_leaves_each_module_even_before_an_inplace_relu() 
     relu = seen[2][1].reshape(8, -1)
     dead = role_scalars({k: v.float().numpy() for k, v in measured["2"].extras.items()})["dead"]
     assert dead == pytest.approx((relu <= 0).all(0).float().mean().item())
-    assert all(m.finite is None for m in measured.values())  # whole outputs: their sample tells
+    assert all(m.total is None for m in measured.values())  # whole outputs: their sample tells
 
 
-def test_an_output_larger_than_the_sample_is_checked_whole_for_nonfinite_values() -> None:
+def test_an_output_larger_than_the_sample_is_summed_whole_for_nonfinite_values() -> None:
     net = nn.Sequential(nn.Linear(4, 300))
     recorder = ActivationRecorder(select_modules(net).watched, sample_size=100)
     x = torch.randn(10, 4)
     x[3, 0] = float("inf")
     record(net, x, recorder)
     assert recorder.measured[0].sample.numel() == 100 and recorder.measured[0].numel == 3000
-    assert recorder.measured[0].finite.item() is False
+    assert not torch.isfinite(recorder.measured[0].total)
+    x[3, 0] = 1.0
+    record(net, x, recorder)
+    assert recorder.measured[0].total.item() == pytest.approx(net(x).double().sum().item(), rel=1e-5)
 
 
 def test_a_large_output_is_sampled_at_the_same_positions_every_time() -> None:

@@ -1,12 +1,17 @@
 """The activation statistics of several modules at once: pure functions of the modules' samples
 (``recording.Measurement.sample``), tested against numpy.
 
-On the device, the samples are stacked into one ``(modules, values)`` matrix, padded with NaN, and
-two passes serve every module: the moments (``moments``) and one fine histogram over each module's
-fixed range (``fine_histogram``, ``FINE`` fine bins per displayed bin). On the host, that fine
-histogram gives the displayed histogram (``coarsen``), the percentiles (``binned_percentiles``)
-and the saturated fraction. A row whose fine bins are too coarse for its spread, or whose
-percentiles fall among outliers in an edge bin, is sorted instead (``exact_percentiles``).
+On the device, the samples are stacked into one ``(modules, values)`` matrix, padded with zeros,
+and two passes serve every module: the sums (``moments``) and one fine histogram over each
+module's fixed range (``fine_histogram``, ``FINE`` fine bins per displayed bin). On the host,
+that fine histogram gives the percentiles (``binned_percentiles``), the displayed histogram
+(``coarsen``) and the values near the bounds of the range (``saturated_fraction``). A row whose
+fine bins are too coarse for its spread, or whose percentiles fall among outliers in an edge bin,
+is sorted instead (``exact_percentiles``).
+
+The passes assume finite values: a row whose float64 sum is not finite holds NaN or infinity,
+which is rare (a diverging run), and is summarized again from its finite values alone
+(``finite_values``).
 """
 
 from __future__ import annotations
@@ -18,48 +23,61 @@ import numpy as np
 import torch
 from torch import Tensor
 
-MOMENTS = ("count", "nonfinite", "mean", "std", "sum", "sum_squares")
 FINE = 64  # fine bins per displayed bin
 # a binned percentile is trusted when one fine bin is at most this fraction of the spread
 BINNED_ERROR = 0.005
 
 
 def stack_samples(samples: Sequence[Tensor]) -> Tensor:
-    """The samples as rows of one float32 matrix, each padded to the longest with NaN."""
-    return torch.nn.utils.rnn.pad_sequence(list(samples), batch_first=True, padding_value=math.nan)
+    """The samples as rows of one float32 matrix, each padded to the longest with zeros."""
+    if all(s.numel() == samples[0].numel() for s in samples):
+        return torch.stack(list(samples))
+    return torch.nn.utils.rnn.pad_sequence(list(samples), batch_first=True)
 
 
-def moments(x: Tensor, lengths: Tensor) -> Tensor:
-    """Per row ``MOMENTS`` of the finite values: their count, the non-finite values among the
-    ``lengths`` real ones, mean, std, sum and sum of squares (summed in float64)."""
-    finite = torch.isfinite(x)
-    count = finite.sum(1, dtype=torch.float64)
-    values = torch.where(finite, x, 0.0)
-    total = values.sum(1, dtype=torch.float64)
-    sum_squares = values.square().sum(1, dtype=torch.float64)
-    mean = total / count
-    std = (sum_squares / count - mean.square()).clamp(min=0).sqrt()
-    return torch.stack([count, lengths.double() - count, mean, std, total, sum_squares], dim=1)
+def padding_weights(lengths: Sequence[int], device: torch.device) -> Tensor | None:
+    """``(rows, longest)`` 1 for a row's values and 0 for its padding; ``None`` without padding."""
+    if len(set(lengths)) <= 1:
+        return None
+    positions = torch.arange(max(lengths), device=device)
+    return (positions < torch.tensor(lengths, device=device)[:, None]).float()
 
 
-def fine_histogram(x: Tensor, ranges: Tensor, bins: int) -> Tensor:
-    """``(rows, bins + 2)`` counts of each row's finite values: below its range ``ranges[row] =
-    [low, high]``, in each of ``bins`` equal bins of it, and above it."""
-    finite = torch.isfinite(x)
+def finite_values(row: Tensor) -> tuple[Tensor, int]:
+    """A row's finite values, and how many were not (a read of the row: for the rare bad row)."""
+    keep = torch.isfinite(row)
+    return row[keep], int(row.numel() - keep.sum())
+
+
+def moments(x: Tensor) -> Tensor:
+    """``(rows, 2)`` float64 sum and sum of squares of each row of zero-padded ``x``: a sum that
+    is not finite says that the row holds NaN or infinity (float32 values cannot overflow it)."""
+    return torch.stack([x.sum(1, dtype=torch.float64), x.square().sum(1, dtype=torch.float64)], dim=1)
+
+
+def fine_histogram(x: Tensor, ranges: Tensor, bins: int, weights: Tensor | None = None) -> Tensor:
+    """``(rows, bins + 2)`` counts of each row's values: below its range ``ranges[row] = [low,
+    high]``, in each of ``bins`` equal bins of it, and above it. ``weights`` (``padding_weights``)
+    leaves the padding out. The values must be finite (a NaN is counted below the range)."""
+    rows = x.shape[0]
     low, high = ranges[:, :1], ranges[:, 1:]
-    index = ((x - low) * (bins / (high - low))).floor_().clamp_(-1, bins) + 1
-    index = torch.where(finite, index, 0).long() + (bins + 2) * torch.arange(x.shape[0], device=x.device)[:, None]
-    counts = torch.zeros(x.shape[0] * (bins + 2), dtype=torch.float32, device=x.device)
-    counts.index_add_(0, index.reshape(-1), finite.reshape(-1).float())  # no read back, unlike bincount
-    return counts.view(x.shape[0], bins + 2)
+    offsets = (bins + 2) * torch.arange(rows, device=x.device, dtype=x.dtype)[:, None] + 1
+    index = (x - low).mul_(bins / (high - low)).floor_().nan_to_num_(nan=-1.0).clamp_(-1, bins).add_(offsets)
+    counts = torch.zeros(rows * (bins + 2), dtype=torch.float32, device=x.device)
+    ones = torch.ones_like(x) if weights is None else weights
+    counts.scatter_add_(0, index.long().view(-1), ones.view(-1))  # no read back, unlike bincount
+    return counts.view(rows, bins + 2)
 
 
-def exact_percentiles(x: Tensor, q: Sequence[float]) -> Tensor:
-    """``(rows, len(q))`` percentiles ``q`` (in [0, 100]) of each row's finite values, with linear
-    interpolation as ``numpy.percentile`` does; NaN for a row without finite values."""
-    finite = torch.isfinite(x)
-    count = finite.sum(1, keepdim=True)
-    ordered = torch.where(finite, x, math.inf).sort(dim=1).values
+def exact_percentiles(x: Tensor, q: Sequence[float], weights: Tensor | None = None) -> Tensor:
+    """``(rows, len(q))`` percentiles ``q`` (in [0, 100]) of each row's values (``weights``: as in
+    ``fine_histogram``), with linear interpolation as ``numpy.percentile`` does; NaN for an empty row."""
+    if weights is None:
+        count = torch.full((x.shape[0], 1), x.shape[1], device=x.device)
+        ordered = x.sort(dim=1).values
+    else:
+        count = weights.sum(1, keepdim=True).long()
+        ordered = torch.where(weights > 0, x, math.inf).sort(dim=1).values
     position = (count - 1).clamp(min=0) * torch.tensor(q, dtype=torch.float32, device=x.device) / 100
     low = position.floor().long()
     high = torch.minimum((low + 1).clamp(max=x.shape[1] - 1), (count - 1).clamp(min=0))
@@ -80,26 +98,34 @@ def coarsen(counts: np.ndarray, factor: int) -> np.ndarray:
 
 
 def binned_percentiles(counts: np.ndarray, ranges: np.ndarray, q: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Percentiles ``(rows, len(q))`` from fine counts over ``ranges`` (``fine_histogram``), the
-    values of a bin taken as evenly spread in it: within one bin width of the exact value, or of
-    the gap between the two values around it where that is wider (a small sample). Also per row
-    whether they are to be trusted: a bin is at most ``BINNED_ERROR`` of the spread between the
-    lowest and the highest percentile, and none lies below or above the range."""
-    rows, bins = counts.shape[0], counts.shape[1] - 2
-    cumulative = counts.cumsum(1)
-    total = cumulative[:, -1:]
-    rank = np.maximum(total - 1, 0) * np.asarray(q, np.float64) / 100
-    # one search for all rows: each row's cumulative counts lifted above the previous row's
-    lift = (np.arange(rows) * (total.max() + 1))[:, None]
-    found = np.searchsorted((cumulative + lift).ravel(), (rank + lift).ravel(), side="right").reshape(rank.shape)
-    where = found - np.arange(rows)[:, None] * (bins + 2)  # the bin within the row
-    before = np.where(where > 0, np.take_along_axis(cumulative, np.maximum(where - 1, 0), 1), 0.0)
-    inside = np.maximum(np.take_along_axis(counts, np.minimum(where, bins + 1), 1), 1)
-    out = where - 1 + np.clip((rank - before + 0.5) / inside, 0, 1)
-    width = (ranges[:, 1] - ranges[:, 0]) / bins
-    out = ranges[:, :1] + width[:, None] * out
+    """Percentiles ``(rows, len(q))`` from fine counts over ``ranges`` (``fine_histogram`` with
+    ``FINE`` fine bins per displayed bin), the values of a fine bin taken as evenly spread in it:
+    within one fine bin of the exact value, or of the gap between the two values around it where
+    that is wider (a small sample). Also per row whether they are to be trusted: a fine bin is at
+    most ``BINNED_ERROR`` of the spread between the lowest and the highest percentile, and none
+    lies below or above the range.
+
+    The displayed bins are searched first, then the fine bins of the one that holds the value.
+    """
+    rows, fine_bins = counts.shape[0], counts.shape[1] - 2
+    blocks = counts[:, 1:-1].reshape(rows, -1, FINE)  # (rows, displayed bins, FINE)
+    coarse = np.concatenate([counts[:, :1], blocks.sum(2), counts[:, -1:]], axis=1).cumsum(1)
+    total = coarse[:, -1:]
+    rank = np.maximum(total - 1, 0) * (np.asarray(q, np.float64) / 100)  # 0-based, as numpy.percentile
+    block = (coarse[:, None, :] > rank[:, :, None]).argmax(2)  # the displayed bin, 0 and last: outside
+    inside_range = (block > 0) & (block < coarse.shape[1] - 1)
+    within = np.clip(block - 1, 0, blocks.shape[1] - 1)
+    fine = np.take_along_axis(blocks, within[:, :, None], 1)  # (rows, len(q), FINE)
+    fine_cumulative = fine.cumsum(2)
+    left = rank - np.where(block > 0, np.take_along_axis(coarse, np.maximum(block - 1, 0), 1), 0)  # within the bin
+    j = (fine_cumulative > left[:, :, None]).argmax(2)
+    before = np.where(j > 0, np.take_along_axis(fine_cumulative, np.maximum(j - 1, 0)[:, :, None], 2)[..., 0], 0)
+    here = np.maximum(np.take_along_axis(fine, j[:, :, None], 2)[..., 0], 1)
+    position = within * FINE + j + np.clip((left - before + 0.5) / here, 0, 1)
+    width = (ranges[:, 1] - ranges[:, 0]) / fine_bins
+    out = ranges[:, :1] + width[:, None] * position
     spread = out[:, -1] - out[:, 0] if len(q) > 1 else np.full(rows, np.inf)
-    ok = (width <= BINNED_ERROR * spread) & (where > 0).all(1) & (where <= bins).all(1)
+    ok = (width <= BINNED_ERROR * spread) & inside_range.all(1)
     out[total[:, 0] == 0] = np.nan
     return out, ok
 
@@ -133,7 +159,7 @@ def histogram_edges(low: float, high: float, bins: int) -> list[float]:
     return [low + (high - low) * i / bins for i in range(bins + 1)]
 
 
-def role_scalars(raw: dict[str, np.ndarray]) -> dict[str, float]:
+def role_scalars(raw: dict[str, np.ndarray], eps: float = 0.0) -> dict[str, float]:
     """The scalars of a module's role from its raw numbers (``recording.measure``), on the host.
 
     ``alive`` (per unit: did any example activate it) gives ``dead``; a normalization layer's
@@ -141,13 +167,13 @@ def role_scalars(raw: dict[str, np.ndarray]) -> dict[str, float]:
     ``batch_mean`` and biased ``batch_var`` give its input's mean and std and, against the running
     statistics from before the batch, ``batch_mean_drift`` (mean over channels of ``|batch mean -
     running mean| / running std``) and ``batch_var_drift`` (of ``|batch var / running var - 1|``,
-    both variances plus ``eps``).
+    both variances plus the batch norm's ``eps``).
     """
     out: dict[str, float] = {}
     if "alive" in raw:
         out["dead"] = 1.0 - float(np.mean(raw["alive"]))
     if "batch_mean" in raw:
-        mean, var, eps = raw["batch_mean"], raw["batch_var"], float(raw["eps"])
+        mean, var = raw["batch_mean"], raw["batch_var"]
         running_var = raw["running_var"] + eps
         out["input_mean"] = float(mean.mean())  # every channel holds as many values
         out["input_std"] = float(np.sqrt(var.mean() + np.square(mean - mean.mean()).mean()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,20 @@ from normlab.diagnostics import activation_math as math_
 from normlab.diagnostics.base import DiagnosticsCallback
 from normlab.diagnostics.output import Histogram, use_fast_checksums
 from normlab.diagnostics.recording import ActivationRecorder, Measurement
+from normlab.diagnostics.sample_statistics import SampleStatistics, summarize
 from normlab.diagnostics.selection import SATURATING, Selection, Watched, select_modules
+
+
+@dataclass(frozen=True)
+class TagNames:
+    """A watched module's tags (``act/<name>/...``), made once."""
+
+    histogram: str
+    percentiles: tuple[str, ...]
+    mean: str
+    std: str
+    nonfinite: str
+    saturated: str
 
 
 @dataclass
@@ -96,6 +110,7 @@ class ActivationStatistics(DiagnosticsCallback):
         self._ranges: dict[str, tuple[float, float]] = {}  # by module name; kept in checkpoints
         self._restored: dict[str, tuple[float, float]] = {}
         self._fired: set[int] = set()
+        self._names: dict = {}  # tags by module index (and statistic), made once per run
         self._recorded_step = -1
 
     @property
@@ -110,6 +125,7 @@ class ActivationStatistics(DiagnosticsCallback):
         self.selection = select_modules(pl_module, self.types, self.include, self.exclude, self.max_modules)
         self.recorder = ActivationRecorder(self.watched, self.sample_size)
         self._ranges, self._fired, self._recorded_step, self.last = dict(self._restored), set(), -1, None
+        self._names = {}
         if self.selection.left_out.get("under nn.DataParallel"):
             rank_zero_warn(
                 f"{type(self).__name__}: the modules under nn.DataParallel are not watched (it copies them into "
@@ -187,79 +203,91 @@ class ActivationStatistics(DiagnosticsCallback):
         """Scalars and histograms by tag, and per module whether its whole output was finite."""
         indices, found = list(measured), list(measured.values())
         x = math_.stack_samples([m.sample for m in found])
-        lengths = torch.tensor([m.sample.numel() for m in found], device=x.device)
+        weights = self._padding(tuple(m.sample.numel() for m in found), x.device)
         if self._gathers(trainer):  # every rank's samples, padded to one shape (a last batch may be smaller)
-            x = torch.nn.functional.pad(x, (0, self.sample_size - x.shape[1]), value=float("nan"))
-            x = trainer.strategy.all_gather(x).transpose(0, 1).reshape(len(found), -1)
-            lengths = trainer.strategy.reduce(lengths, reduce_op="sum")
-        self._fix_ranges(indices, x)
-        ranges = [self._ranges.get(self.watched[i].name, (-1.0, 1.0)) for i in indices]
-        flags = [m.finite for m in found if m.finite is not None]
-        raw = [(row, key, value) for row, m in enumerate(found) for key, value in m.extras.items()]
-        parts = {
-            "moments": math_.moments(x, lengths),
-            "fine": math_.fine_histogram(x, torch.tensor(ranges, device=x.device), self.bins * math_.FINE),
-            "finite": torch.stack(flags) if flags else x.new_zeros(0),
-            **{f"{row}.{key}": value for row, key, value in raw},
-        }
-        host = _to_host(parts)  # the one copy of this step
-        host["ranges"] = np.asarray(ranges, np.float64)
-        host["percentiles"] = self._percentiles(x, host)
-        return self._tags(indices, found, host)
+            x, weights = self._gather(trainer, x, weights)
+        self._fix_ranges(indices, x, weights)
+        bounds = tuple(self._ranges.get(self.watched[i].name, (-1.0, 1.0)) for i in indices)
+        totals = [m.total for m in found if m.total is not None]
+        extras = {f"{row}.{key}": value for row, m in enumerate(found) for key, value in m.extras.items()}
+        if totals:
+            extras["totals"] = torch.stack(totals)
+        stats = summarize(
+            x, bounds, self.bins, self.percentiles, self.saturation_threshold, weights, extras,
+            ranges=self._range_tensor(bounds, x.device),
+        )  # fmt: skip
+        return self._tags(indices, found, bounds, stats)
 
-    def _percentiles(self, x: Tensor, host: dict[str, np.ndarray]) -> np.ndarray:
-        """Percentiles from the fine bins, and by sorting the rows where those cannot be trusted
-        (see ``activation_math.binned_percentiles``): a second copy, on such steps only."""
-        pct, ok = math_.binned_percentiles(host["fine"], host["ranges"], self.percentiles)
-        rows = np.flatnonzero(~ok & (host["moments"][:, 0] > 0))
-        if len(rows):
-            longest = int((host["moments"][rows, 0] + host["moments"][rows, 1]).max())
-            picked = x[torch.as_tensor(rows, device=x.device), :longest]
-            pct[rows] = math_.exact_percentiles(picked, self.percentiles).cpu().numpy()
-        return pct
-
-    def _tags(self, indices: list[int], found: list[Measurement], host: dict[str, np.ndarray]):
+    def _tags(self, indices: list[int], found: list[Measurement], bounds: tuple, stats: SampleStatistics):
         scalars: dict[str, float] = {}
-        histograms, finite, flags = {}, [], iter(host["finite"].tolist())
-        counts = math_.coarsen(host["fine"], math_.FINE)
+        histograms, finite = {}, []
+        totals = iter(stats.extras.get("totals", np.zeros(0)).tolist())
+        percentiles, mean, std = stats.percentiles.tolist(), stats.mean.tolist(), stats.std.tolist()
+        nonfinite, saturated = stats.nonfinite.tolist(), stats.saturated.tolist()
         for row, (i, m) in enumerate(zip(indices, found, strict=True)):
-            w, stats = self.watched[i], dict(zip(math_.MOMENTS, host["moments"][row].tolist(), strict=True))
-            tag = f"act/{w.name}"
-            percentiles = host["percentiles"][row].tolist()
-            scalars.update({f"{tag}/p{p:g}": v for p, v in zip(self.percentiles, percentiles, strict=True)})
-            scalars[f"{tag}/mean"], scalars[f"{tag}/std"] = stats["mean"], stats["std"]
+            w, tags = self.watched[i], self._tag_names(i)
+            scalars.update(zip(tags.percentiles, percentiles[row], strict=True))
+            scalars[tags.mean], scalars[tags.std] = mean[row], std[row]
             # counted on the sample: scaled to the whole output when it is larger
-            scalars[f"{tag}/nonfinite"] = stats["nonfinite"] * m.numel / m.sample.numel()
+            scalars[tags.nonfinite] = nonfinite[row] * m.numel / m.sample.numel()
             if w.saturating:
-                scalars[f"{tag}/saturated"] = float(
-                    math_.saturated_fraction(host["fine"][row : row + 1], self.saturation_threshold)[0]
-                )
-            finite.append(stats["nonfinite"] == 0 if m.finite is None else next(flags) > 0)
-            raw = {key: host[f"{row}.{key}"] for key in m.extras}
-            for key, value in math_.role_scalars(raw).items():
+                scalars[tags.saturated] = saturated[row]
+            finite.append(nonfinite[row] == 0 if m.total is None else math.isfinite(next(totals)))
+            raw = {key: stats.extras[f"{row}.{key}"] for key in m.extras}
+            for key, value in math_.role_scalars(raw, eps=getattr(w.module, "eps", 0.0)).items():
                 scalars[self._extra_tag(i, key)] = value
-            edges = self._edges(self._ranges.get(w.name, (-1.0, 1.0)))
-            histograms[tag] = Histogram(edges, counts[row], stats["count"], stats["sum"], stats["sum_squares"])
+            histograms[tags.histogram] = Histogram(
+                self._edges(bounds[row]), stats.histogram[row], stats.count[row], stats.sum[row], stats.sum_squares[row]
+            )
         return scalars, histograms, finite
 
-    @functools.lru_cache(maxsize=256)  # noqa: B019 (a callback lives as long as its run)
+    def _tag_names(self, index: int) -> TagNames:
+        if index not in self._names:  # made once per module and run: a step writes hundreds of tags
+            tag = f"act/{self.watched[index].name}"
+            percentiles = tuple(f"{tag}/p{q:g}" for q in self.percentiles)
+            self._names[index] = TagNames(
+                tag, percentiles, f"{tag}/mean", f"{tag}/std", f"{tag}/nonfinite", f"{tag}/saturated"
+            )
+        return self._names[index]
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019
     def _edges(self, bounds: tuple[float, float]) -> np.ndarray:
         return np.asarray(math_.histogram_edges(*bounds, self.bins))
 
-    def _extra_tag(self, index: int, key: str) -> str:
-        w = self.watched[index]
-        if key == "dead":
-            return f"act/{w.name}/dead"
-        return f"{'bn' if w.batchnorm else 'norm'}/{w.name}/{key}"
+    @functools.lru_cache(maxsize=16)  # noqa: B019 (the ranges change only on the first logging steps)
+    def _range_tensor(self, bounds: tuple, device: torch.device) -> Tensor:
+        return torch.tensor(bounds, dtype=torch.float32, device=device)
 
-    def _fix_ranges(self, indices: list[int], x: Tensor) -> None:
+    @functools.lru_cache(maxsize=16)  # noqa: B019 (the sample sizes of a model repeat from step to step)
+    def _padding(self, lengths: tuple[int, ...], device: torch.device) -> Tensor | None:
+        return math_.padding_weights(lengths, device)
+
+    def _gather(self, trainer: L.Trainer, x: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Every rank's samples side by side in each row, and which of their values are real."""
+        rows = x.shape[0]
+        if weights is None:
+            weights = torch.ones_like(x)
+        pad = (0, self.sample_size - x.shape[1])
+        x, weights = torch.nn.functional.pad(x, pad), torch.nn.functional.pad(weights, pad)
+        gathered = [trainer.strategy.all_gather(t).transpose(0, 1).reshape(rows, -1) for t in (x, weights)]
+        return gathered[0], gathered[1]
+
+    def _extra_tag(self, index: int, key: str) -> str:
+        if (index, key) not in self._names:
+            w = self.watched[index]
+            prefix = "act" if key == "dead" else "bn" if w.batchnorm else "norm"
+            self._names[index, key] = f"{prefix}/{w.name}/{key}"
+        return self._names[index, key]
+
+    def _fix_ranges(self, indices: list[int], x: Tensor, weights: Tensor | None) -> None:
         """Give each module its histogram range the first time its output says something (a host read
         on the first logging steps only)."""
         missing = [row for row, i in enumerate(indices) if self.watched[i].name not in self._ranges]
         if not missing:
             return
         rows = torch.tensor(missing, device=x.device)
-        extremes = math_.exact_percentiles(x[rows], [0.1, 99.9]).tolist() if self.hist_range is None else []
+        picked = None if weights is None else weights[rows]
+        extremes = math_.exact_percentiles(x[rows], [0.1, 99.9], picked).tolist() if self.hist_range is None else []
         for n, row in enumerate(missing):
             w = self.watched[indices[row]]
             chosen = SATURATING.get(w.kind) or self.hist_range or math_.fixed_range(*extremes[n])
@@ -283,13 +311,3 @@ class ActivationStatistics(DiagnosticsCallback):
             for stat in ("std", "saturated", "dead", "nonfinite")
         }
         return layout
-
-
-def _to_host(parts: dict[str, Tensor]) -> dict[str, np.ndarray]:
-    """Device tensors brought to the host in one copy, each in its shape, as float64."""
-    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in parts.values()]).cpu().numpy()
-    out, offset = {}, 0
-    for key, tensor in parts.items():
-        out[key] = flat[offset : offset + tensor.numel()].reshape(tensor.shape)
-        offset += tensor.numel()
-    return out

@@ -32,13 +32,14 @@ class Evidence:
     unwatched: int = 0  # weight-owning modules whose outputs were not watched
 
 
-def batch_finite(batch: Any, device: torch.device) -> Tensor:
-    """Whether every floating-point tensor in a (nested) batch is finite: a 0/1 integer on the device."""
+def batch_sums(batch: Any, device: torch.device) -> Tensor:
+    """The float64 sum of each floating-point tensor in a (nested) batch, on ``device``: every sum
+    is finite exactly when every value is (float32 or narrower values cannot overflow it)."""
     tensors: list[Tensor] = []
     apply_to_collection(batch, Tensor, lambda t: tensors.append(t) if t.is_floating_point() else None)
     if not tensors:
-        return torch.ones((), dtype=torch.int64, device=device)
-    return torch.stack([torch.isfinite(t).all().to(device) for t in tensors]).all().long()
+        return torch.zeros(0, dtype=torch.float64, device=device)
+    return torch.stack([t.sum(dtype=torch.float64).to(device) for t in tensors])
 
 
 def first_nonfinite(values: Sequence[float]) -> int | None:

@@ -14,11 +14,12 @@ from normlab.diagnostics.base import DiagnosticsCallback
 from normlab.diagnostics.divergence import (
     UNSEEN,
     Evidence,
-    batch_finite,
+    batch_sums,
     first_nonfinite,
     locate_gradient,
     locate_loss,
 )
+from normlab.diagnostics.parameter_health import ParameterHealth
 from normlab.diagnostics.parameters import parameter_layers, tensor_norms
 from normlab.diagnostics.summary import RunSummary
 
@@ -42,6 +43,9 @@ class DivergenceMonitor(DiagnosticsCallback):
         on_nonfinite: ``stop`` or ``warn``.
         activations: the activation callback whose outputs tell the origin; default: the one
             among the Trainer's callbacks, if any.
+        parameters: a ``ParameterHealth`` on the same cadence whose weight and gradient norms
+            serve as this callback's evidence, so that they are computed once; default: the one
+            among the Trainer's callbacks, if any.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class DivergenceMonitor(DiagnosticsCallback):
         dense_until_step: int = 50,
         on_nonfinite: str = "stop",
         activations: ActivationStatistics | None = None,
+        parameters: ParameterHealth | None = None,
     ) -> None:
         super().__init__(log_every_n_steps, dense_every_n_steps, dense_until_step)
         on_nonfinite = str(getattr(on_nonfinite, "value", on_nonfinite))  # a config enum arrives as such
@@ -58,6 +63,7 @@ class DivergenceMonitor(DiagnosticsCallback):
             raise ValueError(f"on_nonfinite can be {ON_NONFINITE}, got {on_nonfinite!r}")
         self.on_nonfinite = on_nonfinite
         self.activations = activations
+        self.parameters = parameters
         self.summary: RunSummary | None = None  # the run summary to report to, if any
         self.diverged = False
         self._losses: list[Tensor] = []  # the loss of each micro-batch since the last read, on the device
@@ -72,6 +78,8 @@ class DivergenceMonitor(DiagnosticsCallback):
             return
         if self.activations is None:
             self.activations = next((c for c in trainer.callbacks if isinstance(c, ActivationStatistics)), None)
+        if self.parameters is None:
+            self.parameters = next((c for c in trainer.callbacks if isinstance(c, ParameterHealth)), None)
         self.layers = parameter_layers(pl_module, owner=type(self).__name__)
         self._params = [p for layer in self.layers for p in layer.params]
         self._losses, self._steps, self._evidence, self.diverged = [], [], None, False
@@ -91,14 +99,20 @@ class DivergenceMonitor(DiagnosticsCallback):
             # a logging step: the evidence of its origin, on the device until the step ends
             scaler = self._scaler(trainer)
             self._scale = scaler.get_scale() if scaler is not None else 1.0
-            weights = tensor_norms(self._params) if self._params else loss.new_zeros(0)
-            self._evidence = {"step": step, "batch": batch_finite(self._batch, loss.device), "weights": weights}
+            self._evidence = {"step": step, "batch": batch_sums(self._batch, loss.device)}
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         evidence = self._evidence
-        if evidence is not None and evidence["step"] == trainer.global_step and "gradients" not in evidence:
-            grads = [p.grad if p.grad is not None else torch.zeros((), device=p.device) for p in self._params]
-            evidence["gradients"] = tensor_norms(grads) if grads else evidence["weights"]
+        if evidence is not None and evidence["step"] == trainer.global_step and "norms" not in evidence:
+            shared = self.parameters.norms_at(trainer.global_step) if self.parameters is not None else None
+            evidence["present"], evidence["norms"] = shared or self._norms(with_gradients=True)
+
+    def _norms(self, with_gradients: bool) -> tuple[list[int], Tensor]:
+        """The parameters with a gradient (indices into ``_params``), and their gradient norms
+        followed by every parameter's weight norm, as ``ParameterHealth.norms_at`` has them."""
+        present = [i for i, p in enumerate(self._params) if p.grad is not None] if with_gradients else []
+        tensors = [self._params[i].grad for i in present] + self._params
+        return present, tensor_norms(tensors) if tensors else torch.zeros(0)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if self._evidence is not None and trainer.global_step > self._evidence["step"]:  # its update is made
@@ -116,15 +130,13 @@ class DivergenceMonitor(DiagnosticsCallback):
         if not self._steps:
             return
         evidence, self._evidence = self._evidence, None
-        parts = [torch.stack(self._losses).float().reshape(-1)]
+        parts = [torch.stack(self._losses).double().reshape(-1)]
         self._losses = []
         if evidence is not None:
-            parts += [
-                evidence["batch"].float().reshape(1),
-                evidence["weights"],
-                evidence.get("gradients", evidence["weights"]),
-            ]
-        host = torch.cat(parts).cpu().tolist()
+            if "norms" not in evidence:  # no optimizer step: the weights are still those it began with
+                evidence["present"], evidence["norms"] = self._norms(with_gradients=False)
+            parts += [evidence["batch"], evidence["norms"].to(parts[0].device)]
+        host = torch.cat(parts).cpu().tolist()  # the one copy of this step
         losses, steps = host[: len(self._steps)], self._steps
         self._steps = []
         if evidence is not None:
@@ -134,29 +146,34 @@ class DivergenceMonitor(DiagnosticsCallback):
         bad = first_nonfinite(losses)
         if self.diverged:
             return
+        found = self._evidence_at(evidence, host[len(steps) :]) if evidence is not None else None
         if bad is not None:
-            self._judge_loss(trainer, steps[bad], evidence, host[len(steps) :])
-        elif evidence is not None and self._scaler(trainer) is None:
-            self._judge_gradients(trainer, evidence["step"], host[len(steps) :])
+            self._judge_loss(trainer, steps[bad], evidence, found)
+        elif found is not None and self._scaler(trainer) is None:
+            self._judge_gradients(trainer, evidence["step"], found)
 
     def _log_loss(self, trainer: L.Trainer, step: int, losses: list[float]) -> None:
         if losses and self.writes(trainer):
             self.outputs.write(step, {"diag/loss": sum(losses) / self._scale})
 
-    def _evidence_at(self, values: list[float]) -> Evidence:
-        """The evidence of a logging step from its host values: the batch flag, then the weight and
-        gradient norm of each parameter tensor (a layer is finite when all its tensors are)."""
-        finite = [math.isfinite(v) for v in values]
-        count = len(self._params)
+    def _evidence_at(self, evidence: dict, values: list[float]) -> Evidence:
+        """The evidence of a logging step from its host values: the batch's sums, then the gradient
+        norm of each tensor that had one and the weight norm of each tensor (a layer is finite when
+        all its tensors are; a tensor without a gradient has a finite one)."""
+        batch, norms = values[: len(evidence["batch"])], values[len(evidence["batch"]) :]
+        present = evidence["present"]
+        gradients = [True] * len(self._params)
+        for i, norm in zip(present, norms, strict=False):
+            gradients[i] = math.isfinite(norm)
         outputs, unwatched = [], 0
         if self.activations is not None and self.activations.last is not None:
             outputs = self.activations.last.finite
             unwatched = self.activations.selection.unwatched_owners
         return Evidence(
-            batch=bool(values[0]),
-            weights=self._per_layer(finite[1 : 1 + count]),
+            batch=all(math.isfinite(v) for v in batch),
+            weights=self._per_layer([math.isfinite(v) for v in norms[len(present) :]]),
             outputs=outputs,
-            gradients=self._per_layer(finite[1 + count : 1 + 2 * count]),
+            gradients=self._per_layer(gradients),
             unwatched=unwatched,
         )
 
@@ -164,14 +181,13 @@ class DivergenceMonitor(DiagnosticsCallback):
         flags = iter(per_tensor)
         return [(layer.name, all([next(flags) for _ in layer.params])) for layer in self.layers]
 
-    def _judge_loss(self, trainer: L.Trainer, step: int, evidence: dict | None, values: list[float]) -> None:
-        if evidence is not None and evidence["step"] == step:
+    def _judge_loss(self, trainer: L.Trainer, step: int, evidence: dict | None, found: Evidence | None) -> None:
+        if evidence is not None and found is not None and evidence["step"] == step:
             ran = (
                 self.activations is not None
                 and self.activations.last is not None
                 and self.activations.last.step == step
             )
-            found = self._evidence_at(values)
             if not ran:
                 found.outputs = []
             layer, source, note = locate_loss(found)
@@ -183,10 +199,9 @@ class DivergenceMonitor(DiagnosticsCallback):
             )
         self._diverged(trainer, step, layer, source, note)
 
-    def _judge_gradients(self, trainer: L.Trainer, step: int, values: list[float]) -> None:
-        gradients = self._evidence_at(values).gradients
-        if not all(ok for _, ok in gradients):
-            self._diverged(trainer, step, locate_gradient(gradients), "gradient", "")
+    def _judge_gradients(self, trainer: L.Trainer, step: int, found: Evidence) -> None:
+        if not all(ok for _, ok in found.gradients):
+            self._diverged(trainer, step, locate_gradient(found.gradients), "gradient", "")
 
     def _diverged(self, trainer: L.Trainer, step: int, layer: str, source: str, note: str) -> None:
         self.diverged = True

@@ -93,6 +93,15 @@ class ParameterHealth(DiagnosticsCallback):
         before = copies(self._params)
         self._pending = _Pending(step, present, tensor_norms(grads + self._params), before)
 
+    def norms_at(self, step: int) -> tuple[list[int], Tensor] | None:
+        """The norms measured at ``step`` before the update, if this is a logging step that has
+        reached the optimizer: the indices (into ``layers``' parameters) of the tensors with a
+        gradient, and on the device their gradient norms, then every tensor's weight norm."""
+        pending = self._pending
+        if pending is None or pending.step != step:
+            return None
+        return pending.present, pending.norms
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         pending = self._pending
         if pending is None or trainer.global_step <= pending.step:  # the optimizer has not stepped yet

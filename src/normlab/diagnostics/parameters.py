@@ -78,13 +78,13 @@ def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
 @torch.no_grad()
 def copies(tensors: Sequence[Tensor]) -> list[Tensor]:
     """A copy of each tensor (one call for all of them: ``torch._foreach_mul`` makes new tensors)."""
-    return torch._foreach_mul([t.detach() for t in tensors], 1.0)
+    return torch._foreach_mul(list(tensors), 1.0)
 
 
 @torch.no_grad()
 def differences(after: Sequence[Tensor], before: Sequence[Tensor]) -> list[Tensor]:
     """``after - before`` for each pair of tensors, in one call."""
-    return torch._foreach_sub([t.detach() for t in after], list(before))
+    return torch._foreach_sub(list(after), list(before))
 
 
 def nonfinite_counts(tensors: Sequence[Tensor]) -> list[int]:

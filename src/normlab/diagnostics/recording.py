@@ -2,7 +2,7 @@
 
 While a logging step's forward pass runs, each watched module's ``forward`` is wrapped
 (``RecordingForward``). The wrapper reduces the output at once to a small ``Measurement`` on the
-same device: a sample of its values (all of them up to ``sample_size``), whether it is finite, and
+same device: a sample of its values (all of them up to ``sample_size``), its sum (finite only when every value is), and
 what its role adds (which units of a ReLU fired; the input, gamma and beta of a normalization
 layer, and a batch norm's running statistics from before the batch). Nothing else keeps the output, so an in-place
 activation that runs next (``ReLU(inplace=True)``) cannot change what was measured, and the memory
@@ -27,7 +27,7 @@ class Measurement:
     """What one module's output looked like on one step, as device tensors (0-d unless said)."""
 
     sample: Tensor  # float32 values of the output, 1-d: all of them, or a fixed random subset
-    finite: Tensor | None  # whether every value of an output larger than the sample is finite
+    total: Tensor | None  # float64 sum of an output larger than the sample: not finite when a value is not
     numel: int  # values in the whole output
     extras: dict[str, Tensor] = field(default_factory=dict)  # by role: alive units, a norm's input, gamma, ...
 
@@ -66,8 +66,8 @@ def measure(watched: Watched, output: Tensor, inputs: tuple, sampler: Sampler, b
     on the host."""
     output = output.detach()
     sample = sampler(output)
-    whole = sample.numel() == output.numel()  # then the sample's own count says whether it is finite
-    found = Measurement(sample, None if whole else torch.isfinite(output).all(), output.numel())
+    whole = sample.numel() == output.numel()  # then the sample's own sum says whether it is finite
+    found = Measurement(sample, None if whole else output.sum(dtype=torch.float64), output.numel())
     if watched.rectifier and output.dim() > 1:  # a unit is dead when no example of the batch activates it
         found.extras["alive"] = (output.reshape(output.shape[0], -1) > 0).any(0)
     if watched.norm:
@@ -85,7 +85,6 @@ def norm_extras(module: nn.Module, inputs: tuple, before: tuple | None) -> dict[
         if before is not None and x.dim() >= 2:
             var, mean = torch.var_mean(x.float(), dim=[d for d in range(x.dim()) if d != 1], correction=0)
             extras.update(batch_mean=mean, batch_var=var, running_mean=before[0], running_var=before[1])
-            extras["eps"] = torch.tensor(float(before[2]), device=x.device)
         else:
             std, mean = torch.std_mean(x.float(), correction=0)
             extras.update(input_mean=mean, input_std=std)
@@ -127,7 +126,7 @@ class ActivationRecorder:
         module = self.watched[index].module
         if index in self.measured or not self.watched[index].batchnorm or not module.training:
             return None
-        return module.running_mean.clone(), module.running_var.clone(), module.eps
+        return module.running_mean.clone(), module.running_var.clone()
 
     @torch.no_grad()
     def record(self, index: int, inputs: tuple, output: Any, before: tuple | None) -> None:
