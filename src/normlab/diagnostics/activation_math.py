@@ -60,12 +60,12 @@ def fine_histogram(x: Tensor, ranges: Tensor, bins: int, weights: Tensor | None 
     high]``, in each of ``bins`` equal bins of it, and above it. ``weights`` (``padding_weights``)
     leaves the padding out. The values must be finite (a NaN is counted below the range)."""
     rows = x.shape[0]
-    low, high = ranges[:, :1], ranges[:, 1:]
-    offsets = (bins + 2) * torch.arange(rows, device=x.device, dtype=x.dtype)[:, None] + 1
-    index = (x - low).mul_(bins / (high - low)).floor_().nan_to_num_(nan=-1.0).clamp_(-1, bins).add_(offsets)
+    scale = bins / (ranges[:, 1:] - ranges[:, :1])
+    index = torch.addcmul(-ranges[:, :1] * scale, x, scale).floor_().nan_to_num_(nan=-1.0).clamp_(-1, bins)
+    first = torch.arange(1, rows * (bins + 2), bins + 2, device=x.device, dtype=x.dtype)  # each row's bin 0
     counts = torch.zeros(rows * (bins + 2), dtype=torch.float32, device=x.device)
     ones = torch.ones_like(x) if weights is None else weights
-    counts.scatter_add_(0, index.long().view(-1), ones.view(-1))  # no read back, unlike bincount
+    counts.scatter_add_(0, index.add_(first[:, None]).long().view(-1), ones.view(-1))  # no read back, unlike bincount
     return counts.view(rows, bins + 2)
 
 
@@ -108,20 +108,20 @@ def binned_percentiles(counts: np.ndarray, ranges: np.ndarray, q: Sequence[float
     The displayed bins are searched first, then the fine bins of the one that holds the value.
     """
     rows, fine_bins = counts.shape[0], counts.shape[1] - 2
+    r, k = np.arange(rows)[:, None], np.arange(len(q))[None, :]  # to index (row, percentile) pairs
     blocks = counts[:, 1:-1].reshape(rows, -1, FINE)  # (rows, displayed bins, FINE)
     coarse = np.concatenate([counts[:, :1], blocks.sum(2), counts[:, -1:]], axis=1).cumsum(1)
     total = coarse[:, -1:]
     rank = np.maximum(total - 1, 0) * (np.asarray(q, np.float64) / 100)  # 0-based, as numpy.percentile
-    block = (coarse[:, None, :] > rank[:, :, None]).argmax(2)  # the displayed bin, 0 and last: outside
+    block = (coarse[:, None, :] > rank[:, :, None]).argmax(2)  # the displayed bin; 0 and last: outside
     inside_range = (block > 0) & (block < coarse.shape[1] - 1)
     within = np.clip(block - 1, 0, blocks.shape[1] - 1)
-    fine = np.take_along_axis(blocks, within[:, :, None], 1)  # (rows, len(q), FINE)
+    fine = blocks[r, within]  # (rows, len(q), FINE): the fine bins of that displayed bin
     fine_cumulative = fine.cumsum(2)
-    left = rank - np.where(block > 0, np.take_along_axis(coarse, np.maximum(block - 1, 0), 1), 0)  # within the bin
+    left = rank - np.where(block > 0, coarse[r, np.maximum(block - 1, 0)], 0)  # rank within the bin
     j = (fine_cumulative > left[:, :, None]).argmax(2)
-    before = np.where(j > 0, np.take_along_axis(fine_cumulative, np.maximum(j - 1, 0)[:, :, None], 2)[..., 0], 0)
-    here = np.maximum(np.take_along_axis(fine, j[:, :, None], 2)[..., 0], 1)
-    position = within * FINE + j + np.clip((left - before + 0.5) / here, 0, 1)
+    before = np.where(j > 0, fine_cumulative[r, k, np.maximum(j - 1, 0)], 0)
+    position = within * FINE + j + np.clip((left - before + 0.5) / np.maximum(fine[r, k, j], 1), 0, 1)
     width = (ranges[:, 1] - ranges[:, 0]) / fine_bins
     out = ranges[:, :1] + width[:, None] * position
     spread = out[:, -1] - out[:, 0] if len(q) > 1 else np.full(rows, np.inf)
@@ -171,19 +171,23 @@ def role_scalars(raw: dict[str, np.ndarray], eps: float = 0.0) -> dict[str, floa
     """
     out: dict[str, float] = {}
     if "alive" in raw:
-        out["dead"] = 1.0 - float(np.mean(raw["alive"]))
+        out["dead"] = 1.0 - _mean(raw["alive"])
     if "batch_mean" in raw:
         mean, var = raw["batch_mean"], raw["batch_var"]
         running_var = raw["running_var"] + eps
-        out["input_mean"] = float(mean.mean())  # every channel holds as many values
-        out["input_std"] = float(np.sqrt(var.mean() + np.square(mean - mean.mean()).mean()))
-        out["batch_mean_drift"] = float((np.abs(mean - raw["running_mean"]) / np.sqrt(running_var)).mean())
-        out["batch_var_drift"] = float(np.abs((var + eps) / running_var - 1).mean())
+        out["input_mean"] = _mean(mean)  # every channel holds as many values
+        out["input_std"] = math.sqrt(_mean(var) + _mean(np.square(mean - out["input_mean"])))
+        out["batch_mean_drift"] = _mean(np.abs(mean - raw["running_mean"]) / np.sqrt(running_var))
+        out["batch_var_drift"] = _mean(np.abs((var + eps) / running_var - 1))
     for key in ("input_mean", "input_std"):
         if key in raw:
             out[key] = float(raw[key])
     if "weight" in raw:
-        out["gamma_mean"] = float(raw["weight"].mean())
+        out["gamma_mean"] = _mean(raw["weight"])
     if "bias" in raw:
-        out["beta_mean"] = float(raw["bias"].mean())
+        out["beta_mean"] = _mean(raw["bias"])
     return out
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.sum()) / values.size  # ndarray.mean's Python wrapper costs more than the sum

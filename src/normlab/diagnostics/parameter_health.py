@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 
@@ -71,6 +70,7 @@ class ParameterHealth(DiagnosticsCallback):
         self._members = np.zeros((0, 0))
         self._pending: _Pending | None = None
         self._warned = False
+        self._tags: list[str] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
@@ -78,7 +78,7 @@ class ParameterHealth(DiagnosticsCallback):
             self.layers = parameter_layers(pl_module, owner=type(self).__name__)
             self._params = [p for layer in self.layers for p in layer.params]
             self._members = membership(self.layers)
-            self._pending, self._warned = None, False
+            self._pending, self._warned, self._tags = None, False, []
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         step = trainer.global_step
@@ -118,10 +118,12 @@ class ParameterHealth(DiagnosticsCallback):
     def _nonfinite(self, present: list[int], grad_norms: np.ndarray) -> np.ndarray:
         """Non-finite gradient values per layer, counted only for a layer whose norm is not finite."""
         counts = np.zeros(len(self.layers))
-        with_grad = {id(self._params[i]) for i in present}
-        for i, layer in enumerate(self.layers):
-            if not math.isfinite(grad_norms[i]):
-                counts[i] = sum(nonfinite_counts([p.grad for p in layer.params if id(p) in with_grad]))
+        bad = np.flatnonzero(~np.isfinite(grad_norms))
+        if len(bad):  # rare: a read per tensor of such layers
+            with_grad = {id(self._params[i]) for i in present}
+            for i in bad:
+                grads = [p.grad for p in self.layers[i].params if id(p) in with_grad]
+                counts[i] = sum(nonfinite_counts(grads))
         return counts
 
     def _report(self, trainer: L.Trainer, step: int, values: dict[str, np.ndarray], bad: np.ndarray) -> None:
@@ -130,13 +132,10 @@ class ParameterHealth(DiagnosticsCallback):
         self._warn_on_large_updates(step, values["update_ratio"])
         if not self.writes(trainer):
             return
-        per_layer = {"weight_norm": values["weight_norm"], "grad_norm": values["grad_norm"]}
-        per_layer.update(update_ratio=values["update_ratio"], grad_nonfinite=bad)
-        scalars = {
-            f"{stat}/{layer.name}": float(per_layer[stat][i])
-            for i, layer in enumerate(self.layers)
-            for stat in PER_LAYER
-        }
+        if not self._tags:  # made once: a step writes four per layer
+            self._tags = [f"{stat}/{layer.name}" for stat in PER_LAYER for layer in self.layers]
+        per_layer = [values["weight_norm"], values["grad_norm"], values["update_ratio"], bad]
+        scalars = dict(zip(self._tags, np.concatenate(per_layer).tolist(), strict=True))
         scalars["grad_norm/global"] = float(values["global"])
         self.outputs.write(step, scalars)
 

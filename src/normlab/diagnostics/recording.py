@@ -49,7 +49,7 @@ class Sampler:
         self._positions: dict[tuple[int, torch.device], Tensor] = {}
 
     def __call__(self, values: Tensor) -> Tensor:
-        flat = values.detach().reshape(-1)
+        flat = values.reshape(-1)
         if flat.numel() <= self.size:
             return flat.to(torch.float32, copy=True)  # a copy: the module's next user may change it in place
         key = (flat.numel(), flat.device)
@@ -64,7 +64,6 @@ def measure(watched: Watched, output: Tensor, inputs: tuple, sampler: Sampler, b
     """A module's output reduced to what the statistics need (see the module docstring). The role's
     raw numbers (``extras``) are taken as they are; ``activation_math.role_scalars`` reduces them
     on the host."""
-    output = output.detach()
     sample = sampler(output)
     whole = sample.numel() == output.numel()  # then the sample's own sum says whether it is finite
     found = Measurement(sample, None if whole else output.sum(dtype=torch.float64), output.numel())
@@ -80,7 +79,7 @@ def norm_extras(module: nn.Module, inputs: tuple, before: tuple | None) -> dict[
     norm, else the moments of the whole input), its gamma and beta, and a batch norm's running
     statistics from before this batch."""
     extras: dict[str, Tensor] = {}
-    x = inputs[0].detach() if inputs and isinstance(inputs[0], Tensor) else None
+    x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
     if x is not None and x.is_floating_point():
         if before is not None and x.dim() >= 2:
             var, mean = torch.var_mean(x.float(), dim=[d for d in range(x.dim()) if d != 1], correction=0)
@@ -91,7 +90,7 @@ def norm_extras(module: nn.Module, inputs: tuple, before: tuple | None) -> dict[
     for key in ("weight", "bias"):
         param = getattr(module, key, None)
         if isinstance(param, Tensor) and param.is_floating_point():
-            extras[key] = param.detach()
+            extras[key] = param
     return extras
 
 
