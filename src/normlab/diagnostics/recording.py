@@ -90,7 +90,7 @@ def norm_extras(module: nn.Module, inputs: tuple, before: tuple | None) -> dict[
     for key in ("weight", "bias"):
         param = getattr(module, key, None)
         if isinstance(param, Tensor) and param.is_floating_point():
-            extras[key] = param
+            extras[key] = param.detach()
     return extras
 
 
