@@ -37,6 +37,10 @@ def samples() -> list[np.ndarray]:
     return [tiny, unit, relu, broken]
 
 
+def host(parts: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {key: value.double().numpy() for key, value in parts.items()}
+
+
 def matrix(rows: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The rows' finite values, zero-padded as the callbacks stack them, and their padding weights."""
     finite = [torch.tensor(r[np.isfinite(r)], dtype=torch.float32) for r in rows]
@@ -81,8 +85,8 @@ def test_binned_percentiles_are_within_one_fine_bin_and_say_when_to_sort() -> No
     x, weights = matrix(rows)
     ranges = np.array([[-0.03125, 0.03125], [-8.0, 8.0], [0.0, 4.0], [-2.0, 2.0]])
     bins = 80 * am.FINE
-    counts = am.fine_histogram(x, torch.tensor(ranges, dtype=torch.float32), bins, weights).double().numpy()
-    binned, ok = am.binned_percentiles(counts, ranges, [15, 50, 85])
+    counts = am.fine_histogram(x, torch.tensor(ranges, dtype=torch.float32), bins, weights)
+    binned, ok = am.binned_percentiles(host(am.fine_summary(counts, [15, 50, 85], 0.95)), ranges)
     exact = am.exact_percentiles(x, [15, 50, 85], weights).numpy()
     width = (ranges[:, 1] - ranges[:, 0]) / bins
     assert ok.tolist() == [True, True, True, False]  # the last has values beyond its range
@@ -93,8 +97,8 @@ def test_binned_percentiles_are_within_one_fine_bin_and_say_when_to_sort() -> No
         assert width[i] < am.BINNED_ERROR * (exact[i, 2] - exact[i, 0])
     # the same values in a range far too wide: the bins are too coarse to trust
     wide = np.array([[-1024.0, 1024.0]])
-    counts = am.fine_histogram(x[1:2], torch.tensor(wide, dtype=torch.float32), bins).double().numpy()
-    assert not am.binned_percentiles(counts, wide, [15, 85])[1][0]
+    counts = am.fine_histogram(x[1:2], torch.tensor(wide, dtype=torch.float32), bins)
+    assert not am.binned_percentiles(host(am.fine_summary(counts, [15, 85], 0.95)), wide)[1][0]
 
 
 def test_percentiles_of_an_empty_row_are_nan() -> None:
@@ -107,20 +111,21 @@ def test_fine_histogram_equals_numpy_with_outliers_in_the_edge_bins_and_coarsens
     rows = samples()
     x, weights = matrix(rows)
     ranges = torch.tensor([[-0.03, 0.03], [-4.0, 4.0], [0.0, 4.0], [-8.0, 8.0]])
-    counts = am.fine_histogram(x, ranges, 16 * 4, weights).numpy()
+    counts = am.fine_histogram(x, ranges, 16 * am.FINE, weights)
+    displayed = am.displayed_histogram(host(am.fine_summary(counts, [50], 0.95))["coarse"])
     for i, row in enumerate(rows):
         low, high = ranges[i].tolist()
         finite = np.clip(row[np.isfinite(row)].astype(np.float32), low, np.nextafter(np.float32(high), -np.inf))
         expected, _ = np.histogram(finite, bins=16, range=(low, high))
-        assert am.coarsen(counts[i : i + 1], 4)[0].tolist() == expected.tolist()
+        assert displayed[i].tolist() == expected.tolist()
 
 
-def test_saturated_fraction_counts_the_values_near_either_bound() -> None:
+def test_the_values_near_either_bound_are_counted_beyond_the_threshold() -> None:
     values = np.concatenate([np.full(10, 0.01), np.full(30, 0.5), np.full(20, 0.99)])
     counts = am.fine_histogram(
         torch.tensor(values[None], dtype=torch.float32), torch.tensor([[0.0, 1.0]]), 80 * am.FINE
     )
-    assert am.saturated_fraction(counts.numpy(), 0.95)[0] == pytest.approx(30 / 60)
+    assert am.fine_summary(counts, [50], 0.95)["beyond"].item() == 30
 
 
 def test_a_fixed_range_is_a_power_of_two_around_the_values() -> None:

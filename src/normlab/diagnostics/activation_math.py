@@ -3,11 +3,11 @@
 
 On the device, the samples are stacked into one ``(modules, values)`` matrix, padded with zeros,
 and two passes serve every module: the sums (``moments``) and one fine histogram over each
-module's fixed range (``fine_histogram``, ``FINE`` fine bins per displayed bin). On the host,
-that fine histogram gives the percentiles (``binned_percentiles``), the displayed histogram
-(``coarsen``) and the values near the bounds of the range (``saturated_fraction``). A row whose
-fine bins are too coarse for its spread, or whose percentiles fall among outliers in an edge bin,
-is sorted instead (``exact_percentiles``).
+module's fixed range (``fine_histogram``, ``FINE`` fine bins per displayed bin). Of that fine
+histogram only the displayed bins and the fine bins around each percentile travel to the host
+(``fine_summary``), where they give the percentiles (``binned_percentiles``) and the displayed
+histogram (``displayed_histogram``). A row whose fine bins are too coarse for its spread, or whose
+percentiles fall among outliers in an edge bin, is sorted instead (``exact_percentiles``).
 
 The passes assume finite values: a row whose float64 sum is not finite holds NaN or infinity,
 which is rare (a diverging run), and is summarized again from its finite values alone
@@ -69,6 +69,27 @@ def fine_histogram(x: Tensor, ranges: Tensor, bins: int, weights: Tensor | None 
     return counts.view(rows, bins + 2)
 
 
+def fine_summary(fine: Tensor, q: Sequence[float], threshold: float) -> dict[str, Tensor]:
+    """What the host needs of fine counts ``(rows, bins * FINE + 2)`` (``fine_histogram``), so that
+    only small tensors travel: the displayed counts with the values below and above the range
+    (``coarse``, ``(rows, bins + 2)``), each percentile's 0-based rank among the values
+    (``rank``) and the displayed bin that holds it (``block``, an index into ``coarse``), that
+    bin's ``FINE`` fine counts (``fine``, ``(rows, len(q), FINE)``), and the values beyond
+    ``threshold`` of the way from the middle of the range to either bound (``beyond``)."""
+    rows = fine.shape[0]
+    blocks = fine[:, 1:-1].reshape(rows, -1, FINE)
+    coarse = torch.cat([fine[:, :1], blocks.sum(2), fine[:, -1:]], dim=1)
+    cumulative = coarse.cumsum(1, dtype=torch.float64)
+    fractions = torch.tensor([p / 100 for p in q], dtype=torch.float64, device=fine.device)
+    rank = (cumulative[:, -1:] - 1).clamp_(min=0) * fractions  # 0-based, as numpy.percentile
+    block = torch.searchsorted(cumulative, rank, right=True).clamp_(max=coarse.shape[1] - 1)
+    within = (block - 1).clamp(0, blocks.shape[1] - 1)
+    picked = blocks.gather(1, within[:, :, None].expand(-1, -1, FINE))
+    edge = round((fine.shape[1] - 2) * (1 - threshold) / 2) + 1  # fine bins, with the one below the range
+    beyond = fine[:, :edge].sum(1) + fine[:, fine.shape[1] - edge :].sum(1)
+    return {"coarse": coarse, "rank": rank, "block": block, "fine": picked, "beyond": beyond}
+
+
 def exact_percentiles(x: Tensor, q: Sequence[float], weights: Tensor | None = None) -> Tensor:
     """``(rows, len(q))`` percentiles ``q`` (in [0, 100]) of each row's values (``weights``: as in
     ``fine_histogram``), with linear interpolation as ``numpy.percentile`` does; NaN for an empty row."""
@@ -88,56 +109,38 @@ def exact_percentiles(x: Tensor, q: Sequence[float], weights: Tensor | None = No
 
 
 # ----------------------------------------------------------------------------- on the host
-def coarsen(counts: np.ndarray, factor: int) -> np.ndarray:
-    """Fine counts ``(rows, bins * factor + 2)`` summed into ``(rows, bins)``, the values below
-    and above the range in the first and the last bin."""
-    inner = counts[:, 1:-1].reshape(counts.shape[0], -1, factor).sum(2)
-    inner[:, 0] += counts[:, 0]
-    inner[:, -1] += counts[:, -1]
-    return inner
+def displayed_histogram(coarse: np.ndarray) -> np.ndarray:
+    """Displayed counts ``(rows, bins)`` from ``fine_summary``'s ``coarse``: the values below and
+    above the range in the first and the last bin."""
+    counts = coarse[:, 1:-1].copy()
+    counts[:, 0] += coarse[:, 0]
+    counts[:, -1] += coarse[:, -1]
+    return counts
 
 
-def binned_percentiles(counts: np.ndarray, ranges: np.ndarray, q: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Percentiles ``(rows, len(q))`` from fine counts over ``ranges`` (``fine_histogram`` with
-    ``FINE`` fine bins per displayed bin), the values of a fine bin taken as evenly spread in it:
-    within one fine bin of the exact value, or of the gap between the two values around it where
-    that is wider (a small sample). Also per row whether they are to be trusted: a fine bin is at
-    most ``BINNED_ERROR`` of the spread between the lowest and the highest percentile, and none
-    lies below or above the range.
-
-    The displayed bins are searched first, then the fine bins of the one that holds the value.
-    """
-    rows, fine_bins = counts.shape[0], counts.shape[1] - 2
-    r, k = np.arange(rows)[:, None], np.arange(len(q))[None, :]  # to index (row, percentile) pairs
-    blocks = counts[:, 1:-1].reshape(rows, -1, FINE)  # (rows, displayed bins, FINE)
-    coarse = np.concatenate([counts[:, :1], blocks.sum(2), counts[:, -1:]], axis=1).cumsum(1)
-    total = coarse[:, -1:]
-    rank = np.maximum(total - 1, 0) * (np.asarray(q, np.float64) / 100)  # 0-based, as numpy.percentile
-    block = (coarse[:, None, :] > rank[:, :, None]).argmax(2)  # the displayed bin; 0 and last: outside
-    inside_range = (block > 0) & (block < coarse.shape[1] - 1)
-    within = np.clip(block - 1, 0, blocks.shape[1] - 1)
-    fine = blocks[r, within]  # (rows, len(q), FINE): the fine bins of that displayed bin
+def binned_percentiles(summary: dict[str, np.ndarray], ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Percentiles ``(rows, len(q))`` from ``fine_summary`` (on the host) over ``ranges``, the
+    values of a fine bin taken as evenly spread in it: within one fine bin of the exact value, or
+    of the gap between the two values around it where that is wider (a small sample). Also per
+    row whether they are to be trusted: a fine bin is at most ``BINNED_ERROR`` of the spread
+    between the lowest and the highest percentile, and none lies below or above the range."""
+    coarse, rank, fine = summary["coarse"], summary["rank"], summary["fine"]
+    block = summary["block"].astype(np.int64)
+    rows, bins = coarse.shape[0], coarse.shape[1] - 2
+    r, k = np.arange(rows)[:, None], np.arange(rank.shape[1])[None, :]  # to index (row, percentile) pairs
+    cumulative = coarse.cumsum(1)
+    within = np.clip(block - 1, 0, bins - 1)
+    left = rank - np.where(block > 0, cumulative[r, np.maximum(block - 1, 0)], 0)  # rank within the bin
     fine_cumulative = fine.cumsum(2)
-    left = rank - np.where(block > 0, coarse[r, np.maximum(block - 1, 0)], 0)  # rank within the bin
-    j = (fine_cumulative > left[:, :, None]).argmax(2)
+    j = np.minimum((fine_cumulative > left[:, :, None]).argmax(2), FINE - 1)
     before = np.where(j > 0, fine_cumulative[r, k, np.maximum(j - 1, 0)], 0)
     position = within * FINE + j + np.clip((left - before + 0.5) / np.maximum(fine[r, k, j], 1), 0, 1)
-    width = (ranges[:, 1] - ranges[:, 0]) / fine_bins
+    width = (ranges[:, 1] - ranges[:, 0]) / (bins * FINE)
     out = ranges[:, :1] + width[:, None] * position
-    spread = out[:, -1] - out[:, 0] if len(q) > 1 else np.full(rows, np.inf)
-    ok = (width <= BINNED_ERROR * spread) & inside_range.all(1)
-    out[total[:, 0] == 0] = np.nan
+    spread = out[:, -1] - out[:, 0] if rank.shape[1] > 1 else np.full(rows, np.inf)
+    ok = (width <= BINNED_ERROR * spread) & ((block > 0) & (block <= bins)).all(1)
+    out[cumulative[:, -1] == 0] = np.nan
     return out, ok
-
-
-def saturated_fraction(counts: np.ndarray, threshold: float) -> np.ndarray:
-    """Per row, the share of values beyond ``threshold`` of the way from the middle of the range to
-    either bound, from fine counts over exactly that range (to the nearest fine bin edge)."""
-    bins = counts.shape[1] - 2
-    edge = round(bins * (1 - threshold) / 2) + 1  # with the bin below the range
-    beyond = counts[:, :edge].sum(1) + counts[:, counts.shape[1] - edge :].sum(1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return beyond / counts.sum(1)
 
 
 def fixed_range(low: float, high: float) -> tuple[float, float] | None:

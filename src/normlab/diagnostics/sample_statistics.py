@@ -43,19 +43,21 @@ def to_host(parts: dict[str, Tensor]) -> dict[str, np.ndarray]:
     return out
 
 
-def on_device(x: Tensor, ranges: Tensor, bins: int, weights: Tensor | None) -> dict[str, Tensor]:
-    """The two passes over ``x`` that every row needs: its sums and its fine histogram."""
-    return {"moments": math_.moments(x), "fine": math_.fine_histogram(x, ranges, bins * math_.FINE, weights)}
+def on_device(x: Tensor, ranges: Tensor, bins: int, q: Sequence[float], threshold: float, weights: Tensor | None):
+    """The two passes over ``x`` that every row needs, its sums and its fine histogram, reduced to
+    small tensors."""
+    fine = math_.fine_histogram(x, ranges, bins * math_.FINE, weights)
+    return {"moments": math_.moments(x), **math_.fine_summary(fine, q, threshold)}
 
 
-def on_host(host: dict[str, np.ndarray], ranges: np.ndarray, q: Sequence[float], threshold: float) -> None:
-    """What the fine histograms give, added to ``host``: count, percentiles, whether to trust them,
+def on_host(host: dict[str, np.ndarray], ranges: np.ndarray) -> None:
+    """What the fine summary gives, added to ``host``: count, percentiles, whether to trust them,
     the displayed histogram and the saturated share."""
-    fine = host["fine"]
-    host["count"] = fine.sum(1)  # the values, padding left out
-    host["percentiles"], host["trusted"] = math_.binned_percentiles(fine, ranges, q)
-    host["histogram"] = math_.coarsen(fine, math_.FINE)
-    host["saturated"] = math_.saturated_fraction(fine, threshold)
+    host["count"] = host["coarse"].sum(1)  # the values, padding left out
+    host["percentiles"], host["trusted"] = math_.binned_percentiles(host, ranges)
+    host["histogram"] = math_.displayed_histogram(host["coarse"])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        host["saturated"] = host["beyond"] / host["count"]
 
 
 @torch.no_grad()
@@ -77,14 +79,14 @@ def summarize(
     bounds = np.asarray(bounds, np.float64)
     if ranges is None:
         ranges = torch.tensor(bounds, dtype=torch.float32, device=x.device)
-    host = to_host({**on_device(x, ranges, bins, weights), **(extras or {})})  # the one copy of this step
-    on_host(host, bounds, q, threshold)
+    host = to_host({**on_device(x, ranges, bins, q, threshold, weights), **(extras or {})})  # the one copy
+    on_host(host, bounds)
     nonfinite = np.zeros(len(x))
     for row in np.flatnonzero(~np.isfinite(host["moments"][:, 0])):  # a second copy, on such steps only
         values = x[row] if weights is None else x[row][weights[row] > 0]
         finite, nonfinite[row] = math_.finite_values(values)
-        again = to_host(on_device(finite[None], ranges[row : row + 1], bins, None))
-        on_host(again, bounds[row : row + 1], q, threshold)
+        again = to_host(on_device(finite[None], ranges[row : row + 1], bins, q, threshold, None))
+        on_host(again, bounds[row : row + 1])
         if not again["trusted"][0] and len(finite):
             again["percentiles"] = math_.exact_percentiles(finite[None], q).double().cpu().numpy()
             again["trusted"][0] = True
@@ -100,7 +102,6 @@ def summarize(
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums / count
         std = np.sqrt(np.maximum(sum_squares / count - mean**2, 0))
-    known = {"moments", "fine", "count", "percentiles", "trusted", "histogram", "saturated"}
     return SampleStatistics(
         count=count,
         nonfinite=nonfinite,
@@ -111,5 +112,5 @@ def summarize(
         percentiles=host["percentiles"],
         histogram=host["histogram"],
         saturated=host["saturated"],
-        extras={key: value for key, value in host.items() if key not in known},
+        extras={key: host[key] for key in extras or {}},
     )

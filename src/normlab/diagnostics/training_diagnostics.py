@@ -68,7 +68,9 @@ class TrainingDiagnostics(L.Callback):
             saturation_threshold, sample_size, reduce_histograms, fast_checksums,
         )  # fmt: skip
         self.parameters = ParameterHealth(*cadence, warn_update_ratio)
-        self.divergence = DivergenceMonitor(*cadence, on_nonfinite, activations=self.activations)
+        self.divergence = DivergenceMonitor(
+            *cadence, on_nonfinite, activations=self.activations, parameters=self.parameters
+        )
         self.run_summary = RunSummaryWriter(val_metric, target_acc, summary_path)
         self.parts: list[L.Callback] = [self.activations, self.parameters, self.divergence, self.run_summary]
         for part in (self.activations, self.parameters, self.divergence):
