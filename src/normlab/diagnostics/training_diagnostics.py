@@ -78,6 +78,7 @@ class TrainingDiagnostics(L.Callback):
         self.parameters.summary = self.divergence.summary = self.run_summary.summary
         self._outputs: Outputs | None = None
         self._seconds: dict[int, float] = {}  # time in the hooks per logging step, until written
+        self._implementing: dict[str, list[L.Callback]] = {}
 
     @property
     def summary(self):
@@ -90,16 +91,24 @@ class TrainingDiagnostics(L.Callback):
     def is_logging_step(self, step: int) -> bool:
         return self.activations.is_logging_step(step)
 
+    def _parts_with(self, hook: str) -> list[L.Callback]:
+        """The parts that implement ``hook`` (Lightning's no-op is left out: most hooks of most
+        parts do nothing, and the bundle runs on every step)."""
+        if hook not in self._implementing:
+            base = getattr(L.Callback, hook)
+            self._implementing[hook] = [part for part in self.parts if getattr(type(part), hook) is not base]
+        return self._implementing[hook]
+
     def _call(self, hook: str, trainer: L.Trainer, *args: Any) -> None:
         step = trainer.global_step
         if not self.is_logging_step(step) or hook in ("setup", "on_train_start", "on_train_end"):
-            for part in self.parts:  # most steps: each part's hook, untimed
+            for part in self._parts_with(hook):  # most steps: each part's hook, untimed
                 if part is self.run_summary and hook == "on_train_end":
                     self._send(trainer)  # the last steps before the summary's: TensorBoard wants steps in order
                 getattr(part, hook)(trainer, *args)
         else:
             start = time.perf_counter()
-            for part in self.parts:
+            for part in self._parts_with(hook):
                 getattr(part, hook)(trainer, *args)
             self._seconds[step] = self._seconds.get(step, 0.0) + time.perf_counter() - start
         if self._seconds and hook in ("on_train_batch_end", "on_validation_start"):
