@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from helpers import read_scalars
-from normlab import config
+from normlab import config, schemas
 from normlab.errors import ConfigError
 from normlab.evaluate import evaluate
 from normlab.train import train
@@ -39,7 +39,7 @@ def recipes(tmp_path, monkeypatch) -> Path:
     modules = {  # src/normlab/models/logreg.py -> normlab.models.logreg
         p[len("src/") : -len(".py")].replace("/", "."): Path(p).stem
         for p in blocks
-        if p.endswith(".py") and p != "src/normlab/config.py"
+        if p.endswith(".py") and p != "src/normlab/schemas.py"
     }
     assert set(modules.values()) == {"logreg", "iris", "param_norm", "regressor", "linear"}, sorted(blocks)
 
@@ -52,7 +52,7 @@ def recipes(tmp_path, monkeypatch) -> Path:
     for path, text in blocks.items():
         if path.startswith("conf/"):
             target = conf / path.removeprefix("conf/")
-        elif path != "src/normlab/config.py":
+        elif path != "src/normlab/schemas.py":
             target = code / Path(path).name
         else:
             continue
@@ -60,8 +60,8 @@ def recipes(tmp_path, monkeypatch) -> Path:
         target.write_text(local(text))
     monkeypatch.syspath_prepend(str(code))
 
-    namespace = dict(vars(config))  # the schema block is written to live in config.py
-    exec(local(blocks["src/normlab/config.py"]), namespace)
+    namespace = dict(vars(schemas))  # the schema block is written to live in schemas.py
+    exec(local(blocks["src/normlab/schemas.py"]), namespace)
     monkeypatch.setitem(config.SCHEMAS["model"], "logreg", namespace["LogisticRegressionSchema"])
     config.register_schemas()
     return conf
