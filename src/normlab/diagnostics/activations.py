@@ -19,7 +19,7 @@ from normlab.diagnostics import activation_math as math_
 from normlab.diagnostics.base import DiagnosticsCallback
 from normlab.diagnostics.output import Histogram, use_fast_checksums
 from normlab.diagnostics.recording import ActivationRecorder, Measurement
-from normlab.diagnostics.sample_statistics import SampleStatistics, summarize
+from normlab.diagnostics.sample_statistics import SampleStatistics, gather_ranks, summarize
 from normlab.diagnostics.selection import SATURATING, Selection, Watched, select_modules
 
 
@@ -205,7 +205,7 @@ class ActivationStatistics(DiagnosticsCallback):
         x = math_.stack_samples([m.sample for m in found])
         weights = self._padding(tuple(m.sample.numel() for m in found), x.device)
         if self._gathers(trainer):  # every rank's samples, padded to one shape (a last batch may be smaller)
-            x, weights = self._gather(trainer, x, weights)
+            x, weights = gather_ranks(trainer.strategy, x, weights, self.sample_size)
         self._fix_ranges(indices, x, weights)
         bounds = tuple(self._ranges.get(self.watched[i].name, (-1.0, 1.0)) for i in indices)
         totals = [m.total for m in found if m.total is not None]
@@ -261,16 +261,6 @@ class ActivationStatistics(DiagnosticsCallback):
     @functools.lru_cache(maxsize=16)  # noqa: B019 (the sample sizes of a model repeat from step to step)
     def _padding(self, lengths: tuple[int, ...], device: torch.device) -> Tensor | None:
         return math_.padding_weights(lengths, device)
-
-    def _gather(self, trainer: L.Trainer, x: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Every rank's samples side by side in each row, and which of their values are real."""
-        rows = x.shape[0]
-        if weights is None:
-            weights = torch.ones_like(x)
-        pad = (0, self.sample_size - x.shape[1])
-        x, weights = torch.nn.functional.pad(x, pad), torch.nn.functional.pad(weights, pad)
-        gathered = [trainer.strategy.all_gather(t).transpose(0, 1).reshape(rows, -1) for t in (x, weights)]
-        return gathered[0], gathered[1]
 
     def _extra_tag(self, index: int, key: str) -> str:
         if (index, key) not in self._names:

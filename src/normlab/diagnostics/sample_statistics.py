@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,18 @@ class SampleStatistics:
     histogram: np.ndarray  # (rows, bins), the values outside the range in the edge bins
     saturated: np.ndarray  # share of the values near either bound of the range
     extras: dict[str, np.ndarray]  # what the caller sent along, by its key
+
+
+def gather_ranks(strategy: Any, x: Tensor, weights: Tensor | None, width: int) -> tuple[Tensor, Tensor]:
+    """Under data parallelism, every rank's samples side by side in each row (each padded to
+    ``width`` values), and which of their values are real (``weights``)."""
+    rows = x.shape[0]
+    if weights is None:
+        weights = torch.ones_like(x)
+    pad = (0, width - x.shape[1])
+    x, weights = torch.nn.functional.pad(x, pad), torch.nn.functional.pad(weights, pad)
+    gathered = [strategy.all_gather(t).transpose(0, 1).reshape(rows, -1) for t in (x, weights)]
+    return gathered[0], gathered[1]
 
 
 def to_host(parts: dict[str, Tensor]) -> dict[str, np.ndarray]:
