@@ -8,7 +8,8 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from normlab.diagnostics.activation_math import role_scalars
-from normlab.diagnostics.recording import ActivationRecorder, Sampler
+from normlab.diagnostics.recording import ActivationRecorder, Sampler, mean_and_var
+from normlab.diagnostics.sample_statistics import gather_ranks
 from normlab.diagnostics.selection import select_modules
 from normlab.models import MLP
 
@@ -191,3 +192,25 @@ def test_two_recorders_on_one_model_detach_in_any_order_and_keep_a_forward_set_b
         torch.testing.assert_close(first.measured[2].sample, second.measured[1].sample)
         assert len(first.measured) == 3 and len(second.measured) == 2
     assert len(calls) == 3  # once per forward pass, under both recorders
+
+
+def test_a_norm_layers_input_moments_hold_far_from_zero() -> None:
+    """Summed around the running mean in float64: a large mean does not swamp a small spread."""
+    x = 1000.0 + 0.01 * torch.randn(64, 3, 5, 5)
+    around = torch.full((1, 3, 1, 1), 999.0)
+    mean, var = mean_and_var(x, [0, 2, 3], around)
+    exact = x.double()
+    torch.testing.assert_close(mean.double(), exact.mean((0, 2, 3)), rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(var.double(), exact.var((0, 2, 3), correction=0), rtol=1e-3, atol=1e-9)
+
+
+def test_the_ranks_samples_are_gathered_side_by_side_with_their_padding_marked() -> None:
+    class TwoRanks:  # what Strategy.all_gather returns for two ranks that hold the same tensor
+        def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+            return torch.stack([t, t])
+
+    x = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 0.0]])
+    weights = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    gathered, marked = gather_ranks(TwoRanks(), x, weights, width=4)
+    assert gathered.tolist() == [[1, 2, 3, 0, 1, 2, 3, 0], [4, 5, 0, 0, 4, 5, 0, 0]]
+    assert marked.sum(1).tolist() == [6, 4]
