@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import subprocess
 import sys
@@ -26,6 +27,18 @@ from normlab.runs import config_dir, register_resolvers, release_run_dirs
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case a plugin imported torch first
 register_schemas()
 register_resolvers()
+
+# Lightning's and torch's log handlers are made at import and hold the stderr of that moment:
+# pytest's capture of the whole session, not a test's ``capfd``.
+SESSION_STDERR = sys.stderr
+
+
+def log_handlers_to(stream, patch: pytest.MonkeyPatch) -> None:
+    """Point the handlers that write to the session's stderr at ``stream`` until ``patch`` undoes it."""
+    for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
+        for handler in getattr(logger, "handlers", ()):  # a placeholder in the logger tree has none
+            if isinstance(handler, logging.StreamHandler) and handler.stream is SESSION_STDERR:
+                patch.setattr(handler, "stream", stream)
 
 
 @pytest.fixture
@@ -62,6 +75,7 @@ def entry(capfd: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> Call
             patch.setattr(sys, "argv", argv)
             patch.setenv("HYDRA_FULL_ERROR", "0")  # main() sets it to 1 for its own use; restored after
             capfd.readouterr()
+            log_handlers_to(sys.stderr, patch)  # the test's capture: Lightning's messages land in stderr
             try:
                 main()
                 status = 0
