@@ -17,7 +17,6 @@ import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from helpers import run_entry
 from synthetic_sweep import write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -114,8 +113,8 @@ def jobs(overrides: list[str]) -> list[list[str]]:
     return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
 
 
-def test_ioffe_experiment_without_mnist_says_how_to_get_it(tmp_path):
-    proc = run_entry(
+def test_ioffe_experiment_without_mnist_says_how_to_get_it(entry, tmp_path):
+    proc = entry(
         "train",
         "experiment=ioffe2015_mnist",
         "hydra/launcher=basic",
