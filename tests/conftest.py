@@ -21,6 +21,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
+from helpers import run_entry
 from normlab.config import register_schemas
 from normlab.runs import config_dir, register_resolvers, release_run_dirs
 
@@ -103,3 +104,16 @@ def train(tmp_path: Path, entry: Callable[..., subprocess.CompletedProcess]):
         return proc, run_dir
 
     return _train
+
+
+@pytest.fixture(scope="session")
+def default_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    """``normlab-train trainer.max_steps=30`` in a process of its own, as a user starts it; (process, run_dir).
+
+    One run for the tests that only read it (what it printed, the files and the events it wrote).
+    """
+    root = tmp_path_factory.mktemp("default_run")
+    run_dir = root / "run"
+    proc = run_entry("train", "trainer.max_steps=30", f"hydra.run.dir={run_dir}", cwd=root)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc, run_dir
