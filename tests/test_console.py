@@ -8,7 +8,6 @@ import warnings
 
 from rich.console import Console
 
-from helpers import run_entry
 from normlab.console import CONFIG_TREE_FILE, config_tree, quiet_known_noise, show_config
 
 # What Lightning may say on stderr during a default run; anything else is noise to fix or filter.
@@ -47,10 +46,8 @@ def test_show_config_prints_the_tree_and_saves_it_plain(compose_cfg, tmp_path, c
     assert "model (baseline_cnn)" in capsys.readouterr().out
 
 
-def test_default_run_prints_its_config_a_step_budget_bar_and_no_warnings(tmp_path):
-    run_dir = tmp_path / "run"
-    proc = run_entry("train", "trainer.max_steps=30", f"hydra.run.dir={run_dir}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_default_run_prints_its_config_a_step_budget_bar_and_no_warnings(default_run):
+    proc, run_dir = default_run  # trainer.max_steps=30, in a process: warnings reach its stderr
     assert proc.stdout.startswith("config")  # before Lightning's own output
     assert "model (baseline_mlp)" in (run_dir / CONFIG_TREE_FILE).read_text()
     assert "step: 30/30" in proc.stdout and "Epoch 1" in proc.stdout

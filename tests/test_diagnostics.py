@@ -290,6 +290,7 @@ def test_training_runs_have_the_diagnostics_and_their_ranges_are_checked(compose
     assert "diagnostics" not in compose_cfg(["~callbacks.diagnostics"]).callbacks
 
 
+@pytest.mark.slow  # four processes: the benchmark's and its three peak-memory runs
 def test_benchmark_prints_the_overhead_ratios_as_json() -> None:
     script = Path(__file__).resolve().parents[1] / "scripts" / "benchmark_diagnostics.py"
     args = [

@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import run_entry
 from normlab import checkpoint_io
 from normlab.checkpoint_io import CheckpointWriteError, write_atomically
 from normlab.collapse import accuracy_collapse_step, loss_collapse_step
@@ -126,13 +125,13 @@ def wait_for_step_above(path: Path, step: int, proc: subprocess.Popen, timeout: 
 
 # 3 ------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_second_run_into_a_busy_run_directory_is_refused(tmp_path):
+def test_a_second_run_into_a_busy_run_directory_is_refused(entry, tmp_path):
     run_dir = tmp_path / "busy"
-    first = popen_train(run_dir, "trainer.max_steps=100000")
+    first = popen_train(run_dir, "trainer.max_steps=100000")  # another process holds the directory
     try:
         wait_for(run_dir / "checkpoints" / "last.ckpt", first)
         overrides = (run_dir / ".hydra" / "overrides.yaml").read_text()
-        line = one_line_error(run_entry("train", "trainer.max_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path))
+        line = one_line_error(entry("train", "trainer.max_steps=5", f"hydra.run.dir={run_dir}", cwd=tmp_path))
         assert line == (
             f"normlab: error: run directory {run_dir} is in use by another run (pid {first.pid}); "
             "wait for it to end, or pass hydra.run.dir=<another folder>"
@@ -142,7 +141,7 @@ def test_a_second_run_into_a_busy_run_directory_is_refused(tmp_path):
         first.kill()
         first.wait()
     # The lock went with the killed process: resuming there works at once.
-    proc = run_entry("train", "ckpt_path=last", "trainer.max_steps=40", f"hydra.run.dir={run_dir}", cwd=tmp_path)
+    proc = entry("train", "ckpt_path=last", "trainer.max_steps=40", f"hydra.run.dir={run_dir}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 

@@ -6,6 +6,8 @@ import json
 import math
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +204,13 @@ def test_divergence_rule_on_the_training_loss(loss, expected):
 def test_first_step_at_target():
     assert first_step_at(_series([0.1, 0.5, 0.91, 0.85, 0.95]), 0.9) == 20
     assert first_step_at(_series([0.1, 0.5]), 0.9) is None
+
+
+def test_the_report_command_starts_without_torch_or_lightning():
+    # Their imports take seconds; the report reads event files and JSON, and needs neither.
+    code = "import sys, normlab.report.cli; print(sorted({'torch', 'lightning'} & set(sys.modules)))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
 
 
 def test_cli_writes_the_report_and_reports_a_bad_directory_in_one_line(sweep, tmp_path, capsys):

@@ -58,7 +58,7 @@ def curves(run_dir: Path) -> dict[str, dict[int, float | None]]:
 
 
 @pytest.mark.slow
-def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
+def test_sigkill_then_resume_matches_an_uninterrupted_run(entry, tmp_path):
     reference, killed = tmp_path / "reference", tmp_path / "killed"
     ref_proc = start(reference)  # in parallel: the two runs share nothing but the seed
     proc = start(killed)
@@ -72,7 +72,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tmp_path):
     before_kill = sorted(killed.glob("events.out.tfevents*"))
     assert before_kill, "the killed run wrote no event file"
 
-    finish(start(killed, "ckpt_path=last"), killed)
+    # the resume, in this process while the reference goes on in its own
+    budget = f"trainer.max_steps={MAX_STEPS}"
+    resume = entry("train", "seed=1", budget, f"hydra.run.dir={killed}", "ckpt_path=last", cwd=tmp_path)
+    assert resume.returncode == 0, resume.stdout[-2000:] + resume.stderr[-3000:]
     finish(ref_proc, reference)
 
     expected, resumed = curves(reference), curves(killed)

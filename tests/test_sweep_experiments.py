@@ -17,7 +17,6 @@ import yaml
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from helpers import run_entry
 from synthetic_sweep import write_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +48,10 @@ GROUPS = {
     "norm_lr_stability": [f"model.norm={n}, optimizer.lr={lr}" for n in ("none", "layer") for lr in ("0.3", "30")],
 }
 NORM_EXPERIMENTS = ["norm_batch_size", "norm_depth", "norm_lr_stability"]
+# lr_stability's script runs with the launcher its experiment sets (joblib, two worker processes);
+# the others run their jobs in the sweep's process: at TINY budgets two workers importing Lightning
+# cost more than the jobs, and tests/test_sweep.py tests the joblib launcher itself.
+OWN_LAUNCHER = {"lr_stability"}
 
 
 def script_env() -> dict[str, str]:
@@ -67,7 +70,8 @@ def reduced_budget(name: str) -> list[str]:
 @pytest.mark.parametrize("name", list(SHRINK))
 def test_experiment_script_runs_its_sweep_and_writes_its_report(tmp_path, name):
     sweep = tmp_path / "sweep"
-    command = [str(ROOT / "scripts" / f"{name}.sh"), *reduced_budget(name), *SHRINK[name], *TINY]
+    launcher = [] if name in OWN_LAUNCHER else ["hydra/launcher=basic"]
+    command = [str(ROOT / "scripts" / f"{name}.sh"), *reduced_budget(name), *SHRINK[name], *TINY, *launcher]
     proc = subprocess.run(
         command,
         check=False,
@@ -114,8 +118,8 @@ def jobs(overrides: list[str]) -> list[list[str]]:
     return BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(overrides), None)[0]
 
 
-def test_ioffe_experiment_without_mnist_says_how_to_get_it(tmp_path):
-    proc = run_entry(
+def test_ioffe_experiment_without_mnist_says_how_to_get_it(entry, tmp_path):
+    proc = entry(
         "train",
         "experiment=ioffe2015_mnist",
         "hydra/launcher=basic",

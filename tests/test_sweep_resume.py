@@ -91,9 +91,10 @@ def actions(stdout: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_a_killed_grid_sweep_started_again_trains_only_what_did_not_end(tmp_path):
+def test_a_killed_grid_sweep_started_again_trains_only_what_did_not_end(entry, tmp_path):
     sweep = tmp_path / "sweep"
-    command = [sys.executable, "-m", "normlab.train", "-m", *GRID, *STEPS, f"hydra.sweep.dir={sweep}"]
+    args = ["-m", *GRID, *STEPS, f"hydra.sweep.dir={sweep}"]
+    command = [sys.executable, "-m", "normlab.train", *args]  # a process of its own, to be killed
     with (tmp_path / "first.log").open("w") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
     deadline = time.monotonic() + 240
@@ -107,7 +108,7 @@ def test_a_killed_grid_sweep_started_again_trains_only_what_did_not_end(tmp_path
     before = event_digests(first)
     assert len(first) == 2 and before
 
-    again = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    again = entry("train", *args, cwd=tmp_path)  # started again, and extended below: in this process
     assert again.returncode == 0, again.stderr[-3000:]
     assert len(ended(sweep)) == 4
     assert event_digests(first) == before  # not trained again
@@ -119,8 +120,8 @@ def test_a_killed_grid_sweep_started_again_trains_only_what_did_not_end(tmp_path
     assert "4 completed" in again.stdout and "2 skipped" in again.stdout
 
     # extended by one learning rate: only its two runs train, numbered after the old ones
-    wider = [c if not c.startswith("optimizer.lr=") else "optimizer.lr=0.05,0.5,0.1" for c in command]
-    extended = subprocess.run(wider, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    wider = [c if not c.startswith("optimizer.lr=") else "optimizer.lr=0.05,0.5,0.1" for c in args]
+    extended = entry("train", *wider, cwd=tmp_path)
     assert extended.returncode == 0, extended.stderr[-3000:]
     done = actions(extended.stdout)
     assert done == {"000": SKIPPED, "001": SKIPPED, "002": SKIPPED, "003": SKIPPED, "004": NEW, "005": NEW}

@@ -17,8 +17,6 @@ from typing import Any
 
 import pytest
 
-from helpers import run_entry
-
 RUN = "."  # the logdir is the run directory itself, whose event files sit at its top
 
 
@@ -49,12 +47,10 @@ def wait_for(url: str, ready: Callable[[Any], bool], timeout: float = 90) -> Any
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
+def server(default_run, tmp_path_factory) -> Iterator[tuple[str, subprocess.Popen]]:
     """TensorBoard on a 30-step run of the default config; stopped by its pid afterwards."""
+    _, run_dir = default_run
     root = tmp_path_factory.mktemp("tensorboard")
-    run_dir = root / "run"
-    proc = run_entry("train", "trainer.max_steps=30", f"hydra.run.dir={run_dir}", cwd=root)
-    assert proc.returncode == 0, proc.stderr[-3000:]
 
     port = free_port()
     tensorboard = Path(sysconfig.get_path("scripts")) / "tensorboard"

@@ -35,16 +35,16 @@ def test_same_seed_gives_identical_metrics(train):
     assert other["train/loss"] != a["train/loss"]
 
 
-def test_resume_from_last_continues_the_step_count_and_the_curves(tmp_path):
+def test_resume_from_last_continues_the_step_count_and_the_curves(entry, tmp_path):
     # A run directory named after its overrides holds ',' and '=': the printed command quotes it.
-    first = run_entry("train", "trainer.max_steps=54", "optimizer.lr=0.2", cwd=tmp_path)  # 3 epochs of 18
+    first = entry("train", "trainer.max_steps=54", "optimizer.lr=0.2", cwd=tmp_path)  # 3 epochs of 18
     assert first.returncode == 0, first.stderr[-2000:]
     resume = next(line for line in first.stdout.splitlines() if line.strip().startswith("resume"))
     words = shlex.split(resume.replace("trainer.max_steps=N", "trainer.max_steps=90"))[2:]
     assert "optimizer.lr=0.2" in words  # the run's own overrides: the config is not in the checkpoint
     run_dir = Path(next(w for w in words if w.startswith("hydra.run.dir=")).split("=", 1)[1].strip("'"))
     before = read_scalars(run_dir)["train/loss"]
-    proc = run_entry("train", *words, cwd=tmp_path)
+    proc = entry("train", *words, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Restoring states from the checkpoint" in proc.stdout + proc.stderr
     steps = [s for s, _ in read_scalars(run_dir)["train/loss"]]
@@ -54,8 +54,8 @@ def test_resume_from_last_continues_the_step_count_and_the_curves(tmp_path):
     assert ckpt["global_step"] == 90
 
 
-def test_resume_last_without_checkpoint_is_a_clear_error(tmp_path):
-    proc = run_entry("train", "ckpt_path=last", f"hydra.run.dir={tmp_path / 'empty'}", cwd=tmp_path)
+def test_resume_last_without_checkpoint_is_a_clear_error(entry, tmp_path):
+    proc = entry("train", "ckpt_path=last", f"hydra.run.dir={tmp_path / 'empty'}", cwd=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "no checkpoint in" in proc.stderr
 
@@ -84,10 +84,10 @@ def test_other_loggers(train, logger):
     assert (run_dir / "metrics.csv").exists() == (logger == "csv")
 
 
-def test_eval_reproduces_the_test_accuracy_of_the_best_checkpoint(train, tmp_path):
+def test_eval_reproduces_the_test_accuracy_of_the_best_checkpoint(entry, train, tmp_path):
     _, run_dir = train("trainer.max_steps=60")
     best = next((run_dir / "checkpoints").glob("best-*.ckpt"))
-    proc = run_entry("evaluate", f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
+    proc = entry("evaluate", f"ckpt_path={best}", f"hydra.run.dir={tmp_path / 'eval'}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["test/acc"] == pytest.approx(read_scalars(run_dir)["test/acc"][-1][1])
