@@ -20,7 +20,7 @@ from normlab.diagnostics.divergence import (
     locate_loss,
 )
 from normlab.diagnostics.parameter_health import ParameterHealth
-from normlab.diagnostics.parameters import parameter_layers, tensor_norms
+from normlab.diagnostics.parameters import gradient_and_weight_norms, parameter_layers
 from normlab.diagnostics.summary import RunSummary
 
 ON_NONFINITE = ("stop", "warn")
@@ -105,14 +105,7 @@ class DivergenceMonitor(DiagnosticsCallback):
         evidence = self._evidence
         if evidence is not None and evidence["step"] == trainer.global_step and "norms" not in evidence:
             shared = self.parameters.norms_at(trainer.global_step) if self.parameters is not None else None
-            evidence["present"], evidence["norms"] = shared or self._norms(with_gradients=True)
-
-    def _norms(self, with_gradients: bool) -> tuple[list[int], Tensor]:
-        """The parameters with a gradient (indices into ``_params``), and their gradient norms
-        followed by every parameter's weight norm, as ``ParameterHealth.norms_at`` has them."""
-        present = [i for i, p in enumerate(self._params) if p.grad is not None] if with_gradients else []
-        tensors = [self._params[i].grad for i in present] + self._params
-        return present, tensor_norms(tensors) if tensors else torch.zeros(0)
+            evidence["present"], evidence["norms"] = shared or gradient_and_weight_norms(self._params)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         if self._evidence is not None and trainer.global_step > self._evidence["step"]:  # its update is made
@@ -134,7 +127,7 @@ class DivergenceMonitor(DiagnosticsCallback):
         self._losses = []
         if evidence is not None:
             if "norms" not in evidence:  # no optimizer step: the weights are still those it began with
-                evidence["present"], evidence["norms"] = self._norms(with_gradients=False)
+                evidence["present"], evidence["norms"] = gradient_and_weight_norms(self._params, with_gradients=False)
             parts += [evidence["batch"], evidence["norms"].to(parts[0].device)]
         host = torch.cat(parts).cpu().tolist()  # the one copy of this step
         losses, steps = host[: len(self._steps)], self._steps

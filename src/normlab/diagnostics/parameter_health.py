@@ -17,6 +17,7 @@ from normlab.diagnostics.parameters import (
     Layer,
     copies,
     differences,
+    gradient_and_weight_norms,
     layer_values,
     membership,
     nonfinite_counts,
@@ -86,12 +87,10 @@ class ParameterHealth(DiagnosticsCallback):
             return
         if not (self.writes(trainer) or self.summary is not None):
             return
-        present = [i for i, p in enumerate(self._params) if p.grad is not None]
+        present, norms = gradient_and_weight_norms(self._params)
         if not present:
             return
-        grads = [self._params[i].grad for i in present]
-        before = copies(self._params)
-        self._pending = _Pending(step, present, tensor_norms(grads + self._params), before)
+        self._pending = _Pending(step, present, norms, copies(self._params))
 
     def norms_at(self, step: int) -> tuple[list[int], Tensor] | None:
         """The norms measured at ``step`` before the update, if this is a logging step that has

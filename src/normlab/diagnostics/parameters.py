@@ -75,6 +75,15 @@ def tensor_norms(tensors: Sequence[Tensor]) -> Tensor:
     return torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32) for t in tensors])
 
 
+def gradient_and_weight_norms(params: Sequence[Tensor], with_gradients: bool = True) -> tuple[list[int], Tensor]:
+    """The indices of the parameters that have a gradient, and in one call the norms of those
+    gradients followed by every parameter's weight norm (``with_gradients=False``: the weight
+    norms alone). What ``ParameterHealth`` and ``DivergenceMonitor`` both read."""
+    present = [i for i, p in enumerate(params) if p.grad is not None] if with_gradients else []
+    tensors = [params[i].grad for i in present] + list(params)
+    return present, tensor_norms(tensors) if tensors else torch.zeros(0)
+
+
 @torch.no_grad()
 def copies(tensors: Sequence[Tensor]) -> list[Tensor]:
     """A copy of each tensor (one call for all of them: ``torch._foreach_mul`` makes new tensors)."""
