@@ -2,11 +2,11 @@
 
 While a logging step's forward pass runs, each watched module's ``forward`` is wrapped
 (``RecordingForward``). The wrapper reduces the output at once to a small ``Measurement`` on the
-same device: a sample of its values (all of them up to ``sample_size``), its sum (finite only when every value is), and
-what its role adds (which units of a ReLU fired; the input, gamma and beta of a normalization
-layer, and a batch norm's running statistics from before the batch). Nothing else keeps the output, so an in-place
-activation that runs next (``ReLU(inplace=True)``) cannot change what was measured, and the memory
-held is bounded by ``sample_size`` per module.
+same device: a sample of its values (all of them up to ``sample_size``), its sum (finite only when
+every value is), and what its role adds (which units of a ReLU fired; the input, gamma and beta of
+a normalization layer, and a batch norm's running statistics from before the batch). Nothing else
+keeps the output, so an in-place activation that runs next (``ReLU(inplace=True)``) cannot change
+what was measured, and the memory held is bounded by ``sample_size`` per module.
 """
 
 from __future__ import annotations
