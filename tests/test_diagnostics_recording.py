@@ -88,10 +88,15 @@ def record(net: nn.Module, x: torch.Tensor, recorder: ActivationRecorder) -> tor
     return out
 
 
-def test_measurements_are_what_leaves_each_module_even_before_an_inplace_relu() -> None:
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(64, 5))
+@pytest.mark.parametrize("momentum", [0.1, 0.01, None], ids=["momentum-0.1", "keras-0.99", "cumulative"])
+def test_measurements_are_what_leaves_each_module_even_before_an_inplace_relu(momentum: float | None) -> None:
+    """The batch norm's batch statistics come from its running statistics before and after."""
+    bn = nn.BatchNorm2d(4, momentum=momentum)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), bn, nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(64, 5))
     x = torch.randn(8, 3, 6, 6)
-    seen, before = {}, (net[1].running_mean.clone(), net[1].running_var.clone())
+    with torch.no_grad():  # running statistics away from their start, as after some training
+        bn.running_mean.uniform_(-0.5, 0.5), bn.running_var.uniform_(0.5, 2.0), bn.num_batches_tracked.fill_(3)
+    seen, before = {}, (bn.running_mean.clone(), bn.running_var.clone())
 
     def keep(k: int):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
@@ -104,7 +109,7 @@ def test_measurements_are_what_leaves_each_module_even_before_an_inplace_relu() 
         expected = net(x)
     for hook in hooks:
         hook.remove()
-    net[1].running_mean.copy_(before[0]), net[1].running_var.copy_(before[1])
+    bn.running_mean.copy_(before[0]), bn.running_var.copy_(before[1]), bn.num_batches_tracked.fill_(3)
     recorder = ActivationRecorder(select_modules(net).watched, sample_size=10_000)
     torch.testing.assert_close(record(net, x, recorder), expected)
     assert not any("forward" in m.__dict__ for m in net.modules())  # the modules are as they were
@@ -113,7 +118,8 @@ def test_measurements_are_what_leaves_each_module_even_before_an_inplace_relu() 
     bn_in, bn_out = seen[1]
     torch.testing.assert_close(measured["1"].sample, bn_out.flatten())  # not the ReLU's output
     assert (measured["1"].sample < 0).any()
-    scalars = role_scalars({k: v.float().numpy() for k, v in measured["1"].extras.items()}, eps=net[1].eps)
+    raw = {k: v.double().numpy() for k, v in measured["1"].extras.items()}
+    scalars = role_scalars(raw, net[1].eps, net[1].momentum, measured["1"].per_channel)
     assert scalars["input_mean"] == pytest.approx(bn_in.mean().item(), abs=1e-6)
     assert scalars["input_std"] == pytest.approx(bn_in.std(correction=0).item(), rel=1e-5)
     batch_mean, batch_var = bn_in.mean((0, 2, 3)), bn_in.var((0, 2, 3), correction=0)

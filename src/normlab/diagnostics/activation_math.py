@@ -162,25 +162,29 @@ def histogram_edges(low: float, high: float, bins: int) -> list[float]:
     return [low + (high - low) * i / bins for i in range(bins + 1)]
 
 
-def role_scalars(raw: dict[str, np.ndarray], eps: float = 0.0) -> dict[str, float]:
+def role_scalars(
+    raw: dict[str, np.ndarray], eps: float = 0.0, momentum: float | None = 0.1, per_channel: int = 0
+) -> dict[str, float]:
     """The scalars of a module's role from its raw numbers (``recording.measure``), on the host.
 
     ``alive`` (per unit: did any example activate it) gives ``dead``; a normalization layer's
-    ``weight`` and ``bias`` give ``gamma_mean`` and ``beta_mean``; a batch norm's per-channel
-    ``batch_mean`` and biased ``batch_var`` give its input's mean and std and, against the running
-    statistics from before the batch, ``batch_mean_drift`` (mean over channels of ``|batch mean -
-    running mean| / running std``) and ``batch_var_drift`` (of ``|batch var / running var - 1|``,
-    both variances plus the batch norm's ``eps``).
+    ``weight`` and ``bias`` give ``gamma_mean`` and ``beta_mean``; a batch norm's running
+    statistics from before and after the batch (with its ``momentum`` and ``per_channel`` values
+    per channel: ``batch_statistics``) give its input's mean and std and ``batch_mean_drift``
+    (mean over channels of ``|batch mean - running mean| / running std``) and ``batch_var_drift``
+    (of ``|batch var / running var - 1|``, both variances plus the batch norm's ``eps``).
     """
     out: dict[str, float] = {}
     if "alive" in raw:
         out["dead"] = 1.0 - _mean(raw["alive"])
-    if "batch_mean" in raw:
-        mean, var = raw["batch_mean"], raw["batch_var"]
-        running_var = raw["running_var"] + eps
+    if "running_before" in raw:
+        mean, var, running_mean, running_var = batch_statistics(
+            raw["running_before"], raw["running_after"], momentum, per_channel
+        )
+        running_var = running_var + eps
         out["input_mean"] = _mean(mean)  # every channel holds as many values
-        out["input_std"] = math.sqrt(_mean(var) + _mean(np.square(mean - out["input_mean"])))
-        out["batch_mean_drift"] = _mean(np.abs(mean - raw["running_mean"]) / np.sqrt(running_var))
+        out["input_std"] = math.sqrt(max(_mean(var) + _mean(np.square(mean - out["input_mean"])), 0.0))
+        out["batch_mean_drift"] = _mean(np.abs(mean - running_mean) / np.sqrt(running_var))
         out["batch_var_drift"] = _mean(np.abs((var + eps) / running_var - 1))
     for key in ("input_mean", "input_std"):
         if key in raw:
@@ -190,6 +194,23 @@ def role_scalars(raw: dict[str, np.ndarray], eps: float = 0.0) -> dict[str, floa
     if "bias" in raw:
         out["beta_mean"] = _mean(raw["bias"])
     return out
+
+
+def batch_statistics(
+    before: np.ndarray, after: np.ndarray, momentum: float | None, per_channel: int
+) -> tuple[np.ndarray, ...]:
+    """A batch's per-channel mean and biased variance, recovered from a batch norm's running mean
+    and variance (concatenated) before and after the batch updated them, as PyTorch does:
+    ``running = (1 - momentum) * running + momentum * batch``, with the unbiased variance of
+    ``per_channel`` values (``momentum=None``: ``1 / batches seen``, the count ending ``after``).
+    Also the running mean and variance from before. Exact up to the float32 rounding of the
+    running statistics, magnified by ``1 / momentum``."""
+    channels = len(before) // 2
+    weight = momentum if momentum is not None else 1.0 / after[-1]
+    batch = (after[: 2 * channels] - (1 - weight) * before[: 2 * channels]) / weight
+    mean, unbiased = batch[:channels], batch[channels:]
+    var = unbiased * (per_channel - 1) / per_channel
+    return mean, np.maximum(var, 0.0), before[:channels], before[channels : 2 * channels]
 
 
 def _mean(values: np.ndarray) -> float:

@@ -3,7 +3,8 @@
 - Scalars reach every logger. A TensorBoard logger gets each step's scalars and histograms as one
   ``Summary`` handed to its writer's public ``FileWriter.add_summary`` (``log_metrics`` would write
   one event per scalar, a hundred events a step on a small model); every other logger gets them
-  through ``log_metrics``.
+  through ``log_metrics``. The ``Summary`` of a set of tags is built once and its values are set
+  in place at later steps: building a hundred protobuf values costs more than the statistics.
 - Histograms go to TensorBoard as ``HistogramProto`` values (what ``add_histogram_raw`` writes) and
   to W&B as ``wandb.Histogram``; any other logger gets the scalars and one warning.
 - ``use_fast_checksums`` (opt-out) makes TensorBoard checksum its records with google-crc32c's C code.
@@ -39,15 +40,16 @@ class Histogram:
 
     def proto(self) -> HistogramProto:
         """What ``SummaryWriter.add_histogram_raw`` writes for it."""
-        return HistogramProto(
-            min=float(self.edges[0]),
-            max=float(self.edges[-1]),
-            num=float(self.num),
-            sum=float(self.sum),
-            sum_squares=float(self.sum_squares),
-            bucket_limit=self.edges[1:].tolist(),
-            bucket=self.counts.tolist(),
-        )
+        proto = HistogramProto()
+        self.fill(proto)
+        return proto
+
+    def fill(self, proto: HistogramProto) -> None:
+        """Set ``proto``'s fields to this histogram's."""
+        proto.min, proto.max = float(self.edges[0]), float(self.edges[-1])
+        proto.num, proto.sum, proto.sum_squares = float(self.num), float(self.sum), float(self.sum_squares)
+        proto.bucket_limit[:] = self.edges[1:].tolist()
+        proto.bucket[:] = self.counts.tolist()
 
 
 def _is_wandb(logger: Logger) -> bool:
@@ -67,6 +69,7 @@ class Outputs:
         )
         self.gathering = False  # hold the numbers of each step until ``send``: one event per step
         self._held: dict[int, tuple[dict, dict]] = {}
+        self._summaries: dict[tuple, Summary] = {}  # by the tags of a step, in order
 
     def write(self, step: int, scalars: dict[str, float], histograms: dict[str, Histogram] | None = None) -> None:
         histograms = histograms or {}
@@ -88,10 +91,9 @@ class Outputs:
             rank_zero_warn(self._warning)
             self._warning = None
         if self.tensorboard:
-            values = [Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
-            values += [Summary.Value(tag=k, histo=h.proto()) for k, h in histograms.items()]
+            summary = self._summary(scalars, histograms)
             for logger in self.tensorboard:
-                logger.experiment.file_writer.add_summary(Summary(value=values), step)
+                logger.experiment.file_writer.add_summary(summary, step)  # copied into the event it writes
         for logger in self.others:
             metrics: dict = dict(scalars)
             if _is_wandb(logger) and histograms:
@@ -99,6 +101,24 @@ class Outputs:
 
                 metrics.update({k: wandb.Histogram(np_histogram=(h.counts, h.edges)) for k, h in histograms.items()})
             logger.log_metrics(metrics, step)
+
+    def _summary(self, scalars: dict[str, float], histograms: dict[str, Histogram]) -> Summary:
+        """A ``Summary`` of these values: the one made for the same tags before, its values set."""
+        tags = (*scalars, *histograms)
+        summary = self._summaries.get(tags)
+        if summary is None:
+            if len(self._summaries) >= 16:  # tags that keep changing: no reuse
+                self._summaries.clear()
+            values = [Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
+            values += [Summary.Value(tag=k, histo=h.proto()) for k, h in histograms.items()]
+            summary = self._summaries[tags] = Summary(value=values)
+            return summary
+        values = summary.value
+        for value, number in zip(values, scalars.values(), strict=False):
+            value.simple_value = number
+        for value, histogram in zip(values[len(scalars) :], histograms.values(), strict=True):
+            histogram.fill(value.histo)
+        return summary
 
     def flush(self) -> None:
         self.send()

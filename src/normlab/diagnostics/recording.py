@@ -4,7 +4,8 @@ While a logging step's forward pass runs, each watched module's ``forward`` is w
 (``RecordingForward``). The wrapper reduces the output at once to a small ``Measurement`` on the
 same device: a sample of its values (all of them up to ``sample_size``), its sum (finite only when
 every value is), and what its role adds (which units of a ReLU fired; the input, gamma and beta of
-a normalization layer, and a batch norm's running statistics from before the batch). Nothing else
+a normalization layer; a batch norm's running statistics from before and after the batch, which
+give its batch statistics without another pass over its input). Nothing else
 keeps the output, so an in-place activation that runs next (``ReLU(inplace=True)``) cannot change
 what was measured, and the memory held is bounded by ``sample_size`` per module.
 """
@@ -31,6 +32,7 @@ class Measurement:
     total: Tensor | None  # float64 sum of an output larger than the sample: not finite when a value is not
     numel: int  # values in the whole output
     extras: dict[str, Tensor] = field(default_factory=dict)  # by role: alive units, a norm's input, gamma, ...
+    per_channel: int = 0  # values per channel of a batch norm's input
 
 
 def first_tensor(output: Any) -> Tensor | None:
@@ -61,7 +63,7 @@ class Sampler:
         return flat[self._positions[key]].float()
 
 
-def measure(watched: Watched, output: Tensor, inputs: tuple, sampler: Sampler, before: tuple | None) -> Measurement:
+def measure(watched: Watched, output: Tensor, inputs: tuple, sampler: Sampler, before: Tensor | None) -> Measurement:
     """A module's output reduced to what the statistics need (see the module docstring). The role's
     raw numbers (``extras``) are taken as they are; ``activation_math.role_scalars`` reduces them
     on the host."""
@@ -72,21 +74,21 @@ def measure(watched: Watched, output: Tensor, inputs: tuple, sampler: Sampler, b
         found.extras["alive"] = (output.reshape(output.shape[0], -1) > 0).any(0)
     if watched.norm:
         found.extras.update(norm_extras(watched.module, inputs, before))
+        if before is not None:
+            found.per_channel = output.numel() // output.shape[1]
     return found
 
 
-def norm_extras(module: nn.Module, inputs: tuple, before: tuple | None) -> dict[str, Tensor]:
-    """A normalization layer's input (what it normalizes: per-channel batch statistics for a batch
-    norm, else the moments of the whole input), its gamma and beta, and a batch norm's running
-    statistics from before this batch."""
+def norm_extras(module: nn.Module, inputs: tuple, before: Tensor | None) -> dict[str, Tensor]:
+    """A normalization layer's gamma and beta, and what it normalizes: for a batch norm whose
+    running statistics this batch updated, those statistics from before and after the batch
+    (``before``: its running mean and variance, concatenated); else the moments of its whole input."""
     extras: dict[str, Tensor] = {}
-    x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
-    if x is not None and x.is_floating_point():
-        if before is not None and x.dim() >= 2:
-            around = before[0].view(1, -1, *[1] * (x.dim() - 2))  # the running mean, broadcast per channel
-            mean, var = mean_and_var(x, [d for d in range(x.dim()) if d != 1], around)
-            extras.update(batch_mean=mean, batch_var=var, running_mean=before[0], running_var=before[1])
-        else:
+    if before is not None:
+        extras.update(running_before=before, running_after=running_statistics(module))
+    else:
+        x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+        if x is not None and x.is_floating_point():
             mean, var = mean_and_var(x, list(range(x.dim())), torch.zeros((), device=x.device))
             extras.update(input_mean=mean, input_std=var.sqrt())
     for key in ("weight", "bias"):
@@ -94,6 +96,15 @@ def norm_extras(module: nn.Module, inputs: tuple, before: tuple | None) -> dict[
         if isinstance(param, Tensor) and param.is_floating_point():
             extras[key] = param.detach()
     return extras
+
+
+def running_statistics(module: nn.Module) -> Tensor:
+    """A batch norm's running mean and variance in one new tensor, and the batches it has seen
+    when its running statistics are a cumulative average (``momentum=None``)."""
+    parts = [module.running_mean, module.running_var]
+    if module.momentum is None:  # the newest batch weighs 1 / batches seen
+        parts.append(module.num_batches_tracked.to(module.running_mean.dtype).view(1))
+    return torch.cat(parts)
 
 
 def mean_and_var(x: Tensor, dims: list[int], around: Tensor) -> tuple[Tensor, Tensor]:
@@ -134,15 +145,18 @@ class ActivationRecorder:
         for forward in self._forwards:
             forward.remove()
 
-    def before(self, index: int) -> tuple | None:
-        """A batch norm's running statistics before its first forward of the step, copied."""
+    def before(self, index: int) -> Tensor | None:
+        """A batch norm's running statistics before its first forward of the step, copied, when
+        that forward updates them by its momentum (``batch_statistics`` then recovers the batch's)."""
         module = self.watched[index].module
         if index in self.measured or not self.watched[index].batchnorm or not module.training:
             return None
-        return module.running_mean.clone(), module.running_var.clone()
+        if module.momentum == 0 or module.running_mean is None:  # then the batch leaves no trace in them
+            return None
+        return running_statistics(module)
 
     @torch.no_grad()
-    def record(self, index: int, inputs: tuple, output: Any, before: tuple | None) -> None:
+    def record(self, index: int, inputs: tuple, output: Any, before: Tensor | None) -> None:
         tensor = first_tensor(output)
         if index in self.measured or tensor is None or not tensor.is_floating_point():
             return
