@@ -89,7 +89,9 @@ class DivergenceMonitor(DiagnosticsCallback):
 
     # ------------------------------------------------------------------------- per step
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        self._batch = batch
+        # kept for the batch check of a logging step only: holding every batch would keep it alive
+        # while the loader makes the next
+        self._batch = batch if self.is_logging_step(trainer.global_step) else None
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
         step = trainer.global_step
@@ -100,6 +102,7 @@ class DivergenceMonitor(DiagnosticsCallback):
             scaler = self._scaler(trainer)
             self._scale = scaler.get_scale() if scaler is not None else 1.0
             self._evidence = {"step": step, "batch": batch_sums(self._batch, loss.device)}
+            self._batch = None
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         evidence = self._evidence
