@@ -442,3 +442,51 @@ def test_an_update_orders_of_magnitude_above_healthy_warns_once_at_its_step(tmp_
     with pytest.warns(UserWarning, match=r"at step 0 the update of layer \S+ is \S+ times its weights") as caught:
         fit(tmp_path, Hot(), 4, TrainingDiagnostics(log_every_n_steps=1, on_nonfinite="warn"))
     assert sum("times its weights" in str(w.message) for w in caught) == 1
+
+
+PHASES = """
+import json
+from diagnostics_phases import phases
+# two steps of marks: (step, hook, marker side, CPU seconds)
+marks = []
+t = 0.0
+for step in (4, 5):
+    for hook, diagnostics, lightning in (
+        ("on_train_batch_start", 1e-6, 100e-6),
+        ("on_before_backward", 200e-6 * (step == 4), 50e-6),
+        ("on_before_optimizer_step", 3e-6, 20e-6),
+        ("on_train_batch_end", 7e-6, 30e-6),
+    ):
+        marks.append((step, hook, "before", t)); t += diagnostics
+        marks.append((step, hook, "after", t)); t += lightning
+print(json.dumps(phases(marks, every=2)))
+"""
+
+
+def test_phases_split_a_step_into_the_diagnostics_hooks_and_lightnings_work_between() -> None:
+    scripts = Path(__file__).resolve().parents[1] / "scripts"
+    proc = subprocess.run([sys.executable, "-c", PHASES], capture_output=True, text=True, cwd=scripts, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = {k: round(v, 3) for k, v in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+    assert found == {  # step 4 only (every=2); the last phase runs to step 5's first mark
+        "diagnostics: on_train_batch_start": 1.0,
+        "forward pass (with the recording)": 100.0,
+        "diagnostics: on_before_backward": 200.0,
+        "backward pass": 50.0,
+        "diagnostics: on_before_optimizer_step": 3.0,
+        "optimizer step": 20.0,
+        "diagnostics: on_train_batch_end": 7.0,
+        "loop and data loading": 30.0,
+    }
+
+
+@pytest.mark.slow
+def test_the_phases_script_prints_a_row_per_phase() -> None:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "diagnostics_phases.py"
+    args = ["--steps", "30", "--runs", "1"]
+    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.rsplit(None, 3)[0]: [float(v) for v in line.split()[-3:]] for line in proc.stdout.splitlines()[-9:]}
+    assert "forward pass (with the recording)" in rows and "diagnostics: on_before_backward" in rows
+    assert rows["diagnostics: on_before_backward"][2] > 0  # the statistics cost something
+    assert rows["step"][1] == pytest.approx(sum(v[1] for k, v in rows.items() if k != "step"), abs=1)
