@@ -258,6 +258,38 @@ def test_warn_records_the_divergence_and_trains_on(tmp_path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- configuration
+def test_steps_that_do_not_log_call_only_the_loss_history(tmp_path: Path) -> None:
+    """On a step that does not log, the bundle calls a part's per-batch hook only when the part
+    needs it every step (the divergence monitor's loss history) or is busy with a logging step."""
+    diagnostics = TrainingDiagnostics(log_every_n_steps=4, dense_until_step=0)
+    calls: dict[int, set[str]] = {}
+
+    class BatchStep(L.Callback):  # the step of the batch under way (global_step moves on before it ends)
+        step = 0
+
+        def on_train_batch_start(self, trainer, *args) -> None:
+            BatchStep.step = trainer.global_step
+
+    def counted(part: L.Callback, hook: str):
+        inner = getattr(part, hook)
+
+        def call(trainer, *args):
+            calls.setdefault(BatchStep.step, set()).add(f"{type(part).__name__}.{hook}")
+            return inner(trainer, *args)
+
+        return call
+
+    for part in (diagnostics.activations, diagnostics.parameters, diagnostics.divergence):
+        for hook in ("on_train_batch_start", "on_before_backward", "on_before_optimizer_step", "on_train_batch_end"):
+            if hook in type(part).__dict__:
+                setattr(part, hook, counted(part, hook))
+    fit(tmp_path, PlainNet(), 9, BatchStep(), diagnostics)
+    assert calls[1] == calls[2] == calls[3] == calls[5] == {"DivergenceMonitor.on_before_backward"}
+    assert calls[0] == calls[4] == calls[8]  # logging steps: every part's hooks
+    assert {"ParameterHealth.on_train_batch_end", "ActivationStatistics.on_train_batch_start"} <= calls[4]
+    assert len(calls[4]) == 9  # ActivationStatistics 3, ParameterHealth 2, DivergenceMonitor 4
+
+
 def test_bad_arguments_fail_at_once_naming_the_value() -> None:
     with pytest.raises(ValueError, match="on_nonfinite can be .*got 'explode'"):
         TrainingDiagnostics(on_nonfinite="explode")

@@ -117,6 +117,9 @@ class ActivationStatistics(DiagnosticsCallback):
     def watched(self) -> list[Watched]:
         return self.selection.watched
 
+    def busy(self) -> bool:
+        return self.recorder.attached
+
     # ------------------------------------------------------------------------- hooks
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)

@@ -13,7 +13,12 @@ class DiagnosticsCallback(L.Callback):
 
     ``writes_layout`` is switched off by ``TrainingDiagnostics``, which writes one TensorBoard
     Custom Scalars layout for all its parts (TensorBoard shows only the last layout of a run).
+
+    On a step that does not log, ``TrainingDiagnostics`` calls a part's per-batch hooks only when
+    they are in its ``every_step`` or the part is ``busy()``: most steps then cost a few checks.
     """
+
+    every_step: tuple[str, ...] = ()  # per-batch hooks with work on every step
 
     def __init__(self, log_every_n_steps: int, dense_every_n_steps: int, dense_until_step: int) -> None:
         self.cadence = Cadence(log_every_n_steps, dense_every_n_steps, dense_until_step)
@@ -31,6 +36,10 @@ class DiagnosticsCallback(L.Callback):
 
     def is_logging_step(self, step: int) -> bool:
         return self.cadence.is_logging_step(step)
+
+    def busy(self) -> bool:
+        """Whether a logging step's measurement is still under way (it finishes in a later hook)."""
+        return False
 
     def writes(self, trainer: L.Trainer) -> bool:
         """Whether this rank writes to the loggers."""

@@ -72,6 +72,11 @@ class DivergenceMonitor(DiagnosticsCallback):
         self._evidence: dict | None = None  # a logging step's device tensors, until read
         self._scale = 1.0  # a GradScaler's factor on the logging step's loss
 
+    every_step = ("on_before_backward",)  # the loss history
+
+    def busy(self) -> bool:
+        return self._evidence is not None
+
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         if stage != "fit":

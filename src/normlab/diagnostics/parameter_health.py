@@ -81,6 +81,9 @@ class ParameterHealth(DiagnosticsCallback):
             self._members = membership(self.layers)
             self._pending, self._warned, self._tags = None, False, []
 
+    def busy(self) -> bool:
+        return self._pending is not None
+
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
         step = trainer.global_step
         if not self.is_logging_step(step) or (self._pending and self._pending.step == step):

@@ -14,6 +14,8 @@ from normlab.diagnostics.output import Outputs
 from normlab.diagnostics.parameter_health import ParameterHealth
 from normlab.diagnostics.run_summary import RunSummaryWriter
 
+BATCH_HOOKS = ("on_train_batch_start", "on_before_backward", "on_before_optimizer_step", "on_train_batch_end")
+
 
 class TrainingDiagnostics(L.Callback):
     """Activation distributions, weight and gradient health, divergence and a run summary, to every
@@ -79,6 +81,7 @@ class TrainingDiagnostics(L.Callback):
         self._outputs: Outputs | None = None
         self._seconds: dict[int, float] = {}  # time in the hooks per logging step, until written
         self._implementing: dict[str, list[L.Callback]] = {}
+        self._batch_step, self._batch_logs = 0, True  # the step of the batch under way, and whether it logs
 
     @property
     def summary(self):
@@ -100,17 +103,23 @@ class TrainingDiagnostics(L.Callback):
         return self._implementing[hook]
 
     def _call(self, hook: str, trainer: L.Trainer, *args: Any) -> None:
-        step = trainer.global_step
-        if not self.is_logging_step(step) or hook in ("setup", "on_train_start", "on_train_end"):
-            for part in self._parts_with(hook):  # most steps: each part's hook, untimed
+        if hook == "on_train_batch_start":
+            self._batch_step = trainer.global_step  # it moves on with the optimizer step, before the batch ends
+            self._batch_logs = self.is_logging_step(self._batch_step)
+        if hook not in BATCH_HOOKS:
+            for part in self._parts_with(hook):
                 if part is self.run_summary and hook == "on_train_end":
                     self._send(trainer)  # the last steps before the summary's: TensorBoard wants steps in order
                 getattr(part, hook)(trainer, *args)
+        elif not self._batch_logs:  # most steps: only what has to happen at every step
+            for part in self._parts_with(hook):
+                if hook in part.every_step or part.busy():
+                    getattr(part, hook)(trainer, *args)
         else:
             start = time.perf_counter()
             for part in self._parts_with(hook):
                 getattr(part, hook)(trainer, *args)
-            self._seconds[step] = self._seconds.get(step, 0.0) + time.perf_counter() - start
+            self._seconds[self._batch_step] = self._seconds.get(self._batch_step, 0.0) + time.perf_counter() - start
         if self._seconds and hook in ("on_train_batch_end", "on_validation_start"):
             self._send(trainer)
 
