@@ -119,7 +119,8 @@ def test_measurements_are_what_leaves_each_module_even_before_an_inplace_relu(mo
     torch.testing.assert_close(measured["1"].sample, bn_out.flatten())  # not the ReLU's output
     assert (measured["1"].sample < 0).any()
     raw = {k: v.double().numpy() for k, v in measured["1"].extras.items()}
-    scalars = role_scalars(raw, net[1].eps, net[1].momentum, measured["1"].per_channel)
+    assert measured["1"].constants == {"eps": bn.eps, "momentum": momentum, "per_channel": 8 * 4 * 4}
+    scalars = role_scalars(raw, **measured["1"].constants)
     assert scalars["input_mean"] == pytest.approx(bn_in.mean().item(), abs=1e-6)
     assert scalars["input_std"] == pytest.approx(bn_in.std(correction=0).item(), rel=1e-5)
     batch_mean, batch_var = bn_in.mean((0, 2, 3)), bn_in.var((0, 2, 3), correction=0)

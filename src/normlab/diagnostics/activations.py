@@ -237,11 +237,7 @@ class ActivationStatistics(DiagnosticsCallback):
                 scalars[tags.saturated] = saturated[row]
             finite.append(nonfinite[row] == 0 if m.total is None else math.isfinite(next(totals)))
             raw = {key: stats.extras[f"{row}.{key}"] for key in m.extras}
-            module = w.module
-            role = math_.role_scalars(
-                raw, getattr(module, "eps", 0.0), getattr(module, "momentum", None), m.per_channel
-            )
-            for key, value in role.items():
+            for key, value in math_.role_scalars(raw, **m.constants).items():
                 scalars[self._extra_tag(i, key)] = value
             histograms[tags.histogram] = Histogram(
                 self._edges(bounds[row]), stats.histogram[row], stats.count[row], stats.sum[row], stats.sum_squares[row]

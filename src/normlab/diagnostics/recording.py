@@ -32,7 +32,7 @@ class Measurement:
     total: Tensor | None  # float64 sum of an output larger than the sample: not finite when a value is not
     numel: int  # values in the whole output
     extras: dict[str, Tensor] = field(default_factory=dict)  # by role: alive units, a norm's input, gamma, ...
-    per_channel: int = 0  # values per channel of a batch norm's input
+    constants: dict[str, Any] = field(default_factory=dict)  # a norm's eps, momentum, values per channel
 
 
 def first_tensor(output: Any) -> Tensor | None:
@@ -74,8 +74,10 @@ def measure(watched: Watched, output: Tensor, inputs: tuple, sampler: Sampler, b
         found.extras["alive"] = (output.reshape(output.shape[0], -1) > 0).any(0)
     if watched.norm:
         found.extras.update(norm_extras(watched.module, inputs, before))
+        module = watched.module
+        found.constants = {"eps": getattr(module, "eps", 0.0), "momentum": getattr(module, "momentum", None)}
         if before is not None:
-            found.per_channel = output.numel() // output.shape[1]
+            found.constants["per_channel"] = output.numel() // output.shape[1]
     return found
 
 
