@@ -48,6 +48,8 @@ class DivergenceMonitor(DiagnosticsCallback):
             among the Trainer's callbacks, if any.
     """
 
+    every_step = ("on_before_backward",)  # the loss history
+
     def __init__(
         self,
         log_every_n_steps: int = 50,
@@ -71,8 +73,6 @@ class DivergenceMonitor(DiagnosticsCallback):
         self._batch = None
         self._evidence: dict | None = None  # a logging step's device tensors, until read
         self._scale = 1.0  # a GradScaler's factor on the logging step's loss
-
-    every_step = ("on_before_backward",)  # the loss history
 
     def busy(self) -> bool:
         return self._evidence is not None
