@@ -88,7 +88,7 @@ def record(net: nn.Module, x: torch.Tensor, recorder: ActivationRecorder) -> tor
     return out
 
 
-@pytest.mark.parametrize("momentum", [0.1, 0.01, None], ids=["momentum-0.1", "keras-0.99", "cumulative"])
+@pytest.mark.parametrize("momentum", [0.1, 0.01, None, 0.0], ids=["momentum-0.1", "keras-0.99", "cumulative", "frozen"])
 def test_measurements_are_what_leaves_each_module_even_before_an_inplace_relu(momentum: float | None) -> None:
     """The batch norm's batch statistics come from its running statistics before and after."""
     bn = nn.BatchNorm2d(4, momentum=momentum)
@@ -119,7 +119,8 @@ def test_measurements_are_what_leaves_each_module_even_before_an_inplace_relu(mo
     torch.testing.assert_close(measured["1"].sample, bn_out.flatten())  # not the ReLU's output
     assert (measured["1"].sample < 0).any()
     raw = {k: v.double().numpy() for k, v in measured["1"].extras.items()}
-    assert measured["1"].constants == {"eps": bn.eps, "momentum": momentum, "per_channel": 8 * 4 * 4}
+    per_channel = {} if momentum == 0 else {"per_channel": 8 * 4 * 4}  # frozen: the input's moments
+    assert measured["1"].constants == {"eps": bn.eps, "momentum": momentum, **per_channel}
     scalars = role_scalars(raw, **measured["1"].constants)
     assert scalars["input_mean"] == pytest.approx(bn_in.mean().item(), abs=1e-6)
     assert scalars["input_std"] == pytest.approx(bn_in.std(correction=0).item(), rel=1e-5)

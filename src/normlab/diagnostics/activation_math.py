@@ -170,17 +170,22 @@ def role_scalars(
     ``alive`` (per unit: did any example activate it) gives ``dead``; a normalization layer's
     ``weight`` and ``bias`` give ``gamma_mean`` and ``beta_mean``; a batch norm's running
     statistics from before and after the batch (with its ``momentum`` and ``per_channel`` values
-    per channel: ``batch_statistics``) give its input's mean and std and ``batch_mean_drift``
+    per channel: ``batch_statistics``), or its input's per-channel ``batch_mean`` and ``batch_var``
+    beside its unmoving ``running`` statistics, give its input's mean and std and ``batch_mean_drift``
     (mean over channels of ``|batch mean - running mean| / running std``) and ``batch_var_drift``
     (of ``|batch var / running var - 1|``, both variances plus the batch norm's ``eps``).
     """
     out: dict[str, float] = {}
     if "alive" in raw:
         out["dead"] = 1.0 - _mean(raw["alive"])
+    batch = None
     if "running_before" in raw:
-        mean, var, running_mean, running_var = batch_statistics(
-            raw["running_before"], raw["running_after"], momentum, per_channel
-        )
+        batch = batch_statistics(raw["running_before"], raw["running_after"], momentum, per_channel)
+    elif "batch_mean" in raw:  # measured on the input: running statistics that do not move
+        channels = len(raw["batch_mean"])
+        batch = raw["batch_mean"], raw["batch_var"], raw["running"][:channels], raw["running"][channels:]
+    if batch is not None:
+        mean, var, running_mean, running_var = batch
         running_var = running_var + eps
         out["input_mean"] = _mean(mean)  # every channel holds as many values
         out["input_std"] = math.sqrt(max(_mean(var) + _mean(np.square(mean - out["input_mean"])), 0.0))

@@ -73,26 +73,32 @@ def measure(watched: Watched, output: Tensor, inputs: tuple, sampler: Sampler, b
     if watched.rectifier and output.dim() > 1:  # a unit is dead when no example of the batch activates it
         found.extras["alive"] = (output.reshape(output.shape[0], -1) > 0).any(0)
     if watched.norm:
-        found.extras.update(norm_extras(watched.module, inputs, before))
         module = watched.module
+        frozen = watched.batchnorm and module.training and before is None  # momentum 0: no trace in them
+        found.extras.update(norm_extras(module, inputs, before, frozen))
         found.constants = {"eps": getattr(module, "eps", 0.0), "momentum": getattr(module, "momentum", None)}
         if before is not None:
             found.constants["per_channel"] = output.numel() // output.shape[1]
     return found
 
 
-def norm_extras(module: nn.Module, inputs: tuple, before: Tensor | None) -> dict[str, Tensor]:
+def norm_extras(module: nn.Module, inputs: tuple, before: Tensor | None, frozen: bool = False) -> dict[str, Tensor]:
     """A normalization layer's gamma and beta, and what it normalizes: for a batch norm whose
     running statistics this batch updated, those statistics from before and after the batch
-    (``before``: its running mean and variance, concatenated); else the moments of its whole input."""
+    (``before``: its running mean and variance, concatenated); for one whose running statistics
+    do not move (``frozen``: momentum 0), its input's per-channel moments beside them; else the
+    moments of its whole input."""
     extras: dict[str, Tensor] = {}
+    x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
     if before is not None:
         extras.update(running_before=before, running_after=running_statistics(module))
-    else:
-        x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
-        if x is not None and x.is_floating_point():
-            mean, var = mean_and_var(x, list(range(x.dim())), torch.zeros((), device=x.device))
-            extras.update(input_mean=mean, input_std=var.sqrt())
+    elif x is not None and x.is_floating_point() and frozen and x.dim() >= 2:
+        around = module.running_mean.view(1, -1, *[1] * (x.dim() - 2))  # broadcast per channel
+        mean, var = mean_and_var(x, [d for d in range(x.dim()) if d != 1], around)
+        extras.update(batch_mean=mean, batch_var=var, running=running_statistics(module))
+    elif x is not None and x.is_floating_point():
+        mean, var = mean_and_var(x, list(range(x.dim())), torch.zeros((), device=x.device))
+        extras.update(input_mean=mean, input_std=var.sqrt())
     for key in ("weight", "bias"):
         param = getattr(module, key, None)
         if isinstance(param, Tensor) and param.is_floating_point():
