@@ -80,25 +80,27 @@ def test_summarize_equals_numpy_and_redoes_a_row_with_nonfinite_values() -> None
     assert finite_values(torch.tensor([1.0, np.nan, np.inf, 2.0]))[1] == 2
 
 
-def test_binned_percentiles_are_within_one_fine_bin_and_say_when_to_sort() -> None:
+def test_fine_percentiles_are_within_one_fine_bin_and_say_when_to_sort() -> None:
     rows = samples()
     x, weights = matrix(rows)
-    ranges = np.array([[-0.03125, 0.03125], [-8.0, 8.0], [0.0, 4.0], [-2.0, 2.0]])
-    bins = 80 * am.FINE
-    counts = am.fine_histogram(x, torch.tensor(ranges, dtype=torch.float32), bins, weights)
-    binned, ok = am.binned_percentiles(host(am.fine_summary(counts, [15, 50, 85], 0.95)), ranges)
+    ranges = torch.tensor([[-0.03125, 0.03125], [-8.0, 8.0], [0.0, 4.0], [-2.0, 2.0]])
+    counts = am.fine_histogram(x, ranges, 80 * am.FINE, weights)
+    stats = am.binned_statistics(host(am.fine_summary(counts, [15, 50, 85], 0.95)), ranges.double().numpy())
     exact = am.exact_percentiles(x, [15, 50, 85], weights).numpy()
-    width = (ranges[:, 1] - ranges[:, 0]) / bins
-    assert ok.tolist() == [True, True, True, False]  # the last has values beyond its range
+    width = (ranges[:, 1] - ranges[:, 0]).numpy() / (80 * am.FINE)
+    assert stats["trusted"].tolist() == [True, True, True, False]  # the last has values beyond its range
     for i, row in enumerate(rows[:3]):
         ordered = np.sort(row[np.isfinite(row)])
         gap = np.diff(ordered).max(initial=0) if len(ordered) < 2000 else 0  # a small sample's values lie apart
-        assert np.abs(binned[i] - exact[i]).max() <= max(width[i], gap)
+        assert np.abs(stats["percentiles"][i] - exact[i]).max() <= max(width[i], gap)
         assert width[i] < am.BINNED_ERROR * (exact[i, 2] - exact[i, 0])
     # the same values in a range far too wide: the bins are too coarse to trust
-    wide = np.array([[-1024.0, 1024.0]])
-    counts = am.fine_histogram(x[1:2], torch.tensor(wide, dtype=torch.float32), bins)
-    assert not am.binned_percentiles(host(am.fine_summary(counts, [15, 85], 0.95)), wide)[1][0]
+    wide = torch.tensor([[-1024.0, 1024.0]])
+    counts = am.fine_histogram(x[1:2], wide, 80 * am.FINE)
+    summary = host(am.fine_summary(counts, [15, 85], 0.95))
+    assert am.binned_statistics(summary, wide.double().numpy())["trusted"].tolist() == [False]
+    empty = am.binned_statistics(host(am.fine_summary(torch.zeros(1, 80 * am.FINE + 2), [50], 0.95)), wide.numpy())
+    assert empty["count"][0] == 0 and np.isnan(empty["percentiles"]).all()
 
 
 def test_percentiles_of_an_empty_row_are_nan() -> None:
@@ -112,20 +114,21 @@ def test_fine_histogram_equals_numpy_with_outliers_in_the_edge_bins_and_coarsens
     x, weights = matrix(rows)
     ranges = torch.tensor([[-0.03, 0.03], [-4.0, 4.0], [0.0, 4.0], [-8.0, 8.0]])
     counts = am.fine_histogram(x, ranges, 16 * am.FINE, weights)
-    displayed = am.displayed_histogram(host(am.fine_summary(counts, [50], 0.95))["coarse"])
+    stats = am.binned_statistics(host(am.fine_summary(counts, [50], 0.95)), ranges.double().numpy())
+    displayed = stats["histogram"]
     for i, row in enumerate(rows):
         low, high = ranges[i].tolist()
         finite = np.clip(row[np.isfinite(row)].astype(np.float32), low, np.nextafter(np.float32(high), -np.inf))
         expected, _ = np.histogram(finite, bins=16, range=(low, high))
         assert displayed[i].tolist() == expected.tolist()
+        assert stats["count"][i] == len(finite)
 
 
 def test_the_values_near_either_bound_are_counted_beyond_the_threshold() -> None:
     values = np.concatenate([np.full(10, 0.01), np.full(30, 0.5), np.full(20, 0.99)])
-    counts = am.fine_histogram(
-        torch.tensor(values[None], dtype=torch.float32), torch.tensor([[0.0, 1.0]]), 80 * am.FINE
-    )
-    assert am.fine_summary(counts, [50], 0.95)["beyond"].item() == 30
+    ranges = torch.tensor([[0.0, 1.0]])
+    counts = am.fine_histogram(torch.tensor(values[None], dtype=torch.float32), ranges, 80 * am.FINE)
+    assert am.binned_statistics(host(am.fine_summary(counts, [50], 0.95)), ranges.numpy())["beyond"][0] == 30
 
 
 def test_a_fixed_range_is_a_power_of_two_around_the_values() -> None:

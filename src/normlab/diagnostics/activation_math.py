@@ -3,11 +3,12 @@
 
 On the device, the samples are stacked into one ``(modules, values)`` matrix, padded with zeros,
 and two passes serve every module: the sums (``moments``) and one fine histogram over each
-module's fixed range (``fine_histogram``, ``FINE`` fine bins per displayed bin). Of that fine
-histogram only the displayed bins and the fine bins around each percentile travel to the host
-(``fine_summary``), where they give the percentiles (``binned_percentiles``) and the displayed
-histogram (``displayed_histogram``). A row whose fine bins are too coarse for its spread, or whose
-percentiles fall among outliers in an edge bin, is sorted instead (``exact_percentiles``).
+module's fixed range (``fine_histogram``, ``FINE`` fine bins per displayed bin). The fine
+histogram is reduced on the device to the displayed bins, a few running totals and each
+percentile's place (``fine_summary``), so that only a few numbers per module travel to the host,
+where they give the percentiles and the displayed histogram (``binned_statistics``). A row whose fine
+bins are too coarse for its spread, or whose percentiles fall among outliers in an edge bin, is
+sorted instead (``exact_percentiles``).
 
 The passes assume finite values: a row whose float64 sum is not finite holds NaN or infinity,
 which is rare (a diverging run), and is summarized again from its finite values alone
@@ -71,23 +72,28 @@ def fine_histogram(x: Tensor, ranges: Tensor, bins: int, weights: Tensor | None 
 
 def fine_summary(fine: Tensor, q: Sequence[float], threshold: float) -> dict[str, Tensor]:
     """What the host needs of fine counts ``(rows, bins * FINE + 2)`` (``fine_histogram``), so that
-    only small tensors travel: the displayed counts with the values below and above the range
-    (``coarse``, ``(rows, bins + 2)``), each percentile's 0-based rank among the values
-    (``rank``) and the displayed bin that holds it (``block``, an index into ``coarse``), that
-    bin's ``FINE`` fine counts (``fine``, ``(rows, len(q), FINE)``), and the values beyond
-    ``threshold`` of the way from the middle of the range to either bound (``beyond``)."""
-    rows = fine.shape[0]
-    blocks = fine[:, 1:-1].reshape(rows, -1, FINE)
-    coarse = torch.cat([fine[:, :1], blocks.sum(2), fine[:, -1:]], dim=1)
-    cumulative = coarse.cumsum(1, dtype=torch.float64)
-    fractions = torch.tensor([p / 100 for p in q], dtype=torch.float64, device=fine.device)
-    rank = (cumulative[:, -1:] - 1).clamp_(min=0) * fractions  # 0-based, as numpy.percentile
-    block = torch.searchsorted(cumulative, rank, right=True).clamp_(max=coarse.shape[1] - 1)
-    within = (block - 1).clamp(0, blocks.shape[1] - 1)
-    picked = blocks.gather(1, within[:, :, None].expand(-1, -1, FINE))
-    edge = round((fine.shape[1] - 2) * (1 - threshold) / 2) + 1  # fine bins, with the one below the range
-    beyond = fine[:, :edge].sum(1) + fine[:, fine.shape[1] - edge :].sum(1)
-    return {"coarse": coarse, "rank": rank, "block": block, "fine": picked, "beyond": beyond}
+    only a few numbers per row travel (``binned_statistics`` reads them):
+
+    - ``histogram`` ``(rows, bins)``: the values in each displayed bin;
+    - ``ends`` ``(rows, 5)``: running totals up to five places: the values below the range; up to
+      ``threshold`` of the way from the middle of the range to its low bound; up to the same place
+      near its high bound; up to its high bound; all values;
+    - ``position`` ``(rows, len(q))``: each percentile's place in fine bins from the low bound, as
+      ``numpy.percentile`` ranks it, the values of a fine bin taken as evenly spread in it: below 0
+      or above ``bins * FINE`` when it lies outside the range.
+    """
+    rows, width = fine.shape
+    cumulative = fine.cumsum(1)  # float32 counts are exact up to 2**24 values a row
+    fractions = torch.tensor(q, dtype=fine.dtype, device=fine.device) / 100
+    rank = (cumulative[:, -1:] - 1).clamp_(min=0) * fractions  # 0-based
+    index = torch.searchsorted(cumulative, rank, right=True).clamp_(max=width - 1)  # the fine bin holding it
+    inside = fine.gather(1, index)
+    # the rank's place in its bin, from -1 (its start) to 0 (its end); the bin's running total less
+    # its own values is what lies before it
+    within = (rank - cumulative.gather(1, index) + 0.5).div_(inside.clamp(min=1)).clamp_(-1, 0)
+    edge = round((width - 2) * (1 - threshold) / 2)  # fine bins beyond the threshold, on either side
+    ends = cumulative[:, [0, edge, width - 2 - edge, width - 2, width - 1]]
+    return {"histogram": fine[:, 1:-1].reshape(rows, -1, FINE).sum(2), "ends": ends, "position": index + within}
 
 
 def exact_percentiles(x: Tensor, q: Sequence[float], weights: Tensor | None = None) -> Tensor:
@@ -109,38 +115,32 @@ def exact_percentiles(x: Tensor, q: Sequence[float], weights: Tensor | None = No
 
 
 # ----------------------------------------------------------------------------- on the host
-def displayed_histogram(coarse: np.ndarray) -> np.ndarray:
-    """Displayed counts ``(rows, bins)`` from ``fine_summary``'s ``coarse``: the values below and
-    above the range in the first and the last bin."""
-    counts = coarse[:, 1:-1].copy()
-    counts[:, 0] += coarse[:, 0]
-    counts[:, -1] += coarse[:, -1]
-    return counts
-
-
-def binned_percentiles(summary: dict[str, np.ndarray], ranges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Percentiles ``(rows, len(q))`` from ``fine_summary`` (on the host) over ``ranges``, the
-    values of a fine bin taken as evenly spread in it: within one fine bin of the exact value, or
-    of the gap between the two values around it where that is wider (a small sample). Also per
-    row whether they are to be trusted: a fine bin is at most ``BINNED_ERROR`` of the spread
-    between the lowest and the highest percentile, and none lies below or above the range."""
-    coarse, rank, fine = summary["coarse"], summary["rank"], summary["fine"]
-    block = summary["block"].astype(np.int64)
-    rows, bins = coarse.shape[0], coarse.shape[1] - 2
-    r, k = np.arange(rows)[:, None], np.arange(rank.shape[1])[None, :]  # to index (row, percentile) pairs
-    cumulative = coarse.cumsum(1)
-    within = np.clip(block - 1, 0, bins - 1)
-    left = rank - np.where(block > 0, cumulative[r, np.maximum(block - 1, 0)], 0)  # rank within the bin
-    fine_cumulative = fine.cumsum(2)
-    j = np.minimum((fine_cumulative > left[:, :, None]).argmax(2), FINE - 1)
-    before = np.where(j > 0, fine_cumulative[r, k, np.maximum(j - 1, 0)], 0)
-    position = within * FINE + j + np.clip((left - before + 0.5) / np.maximum(fine[r, k, j], 1), 0, 1)
-    width = (ranges[:, 1] - ranges[:, 0]) / (bins * FINE)
-    out = ranges[:, :1] + width[:, None] * position
-    spread = out[:, -1] - out[:, 0] if rank.shape[1] > 1 else np.full(rows, np.inf)
-    ok = (width <= BINNED_ERROR * spread) & ((block > 0) & (block <= bins)).all(1)
-    out[cumulative[:, -1] == 0] = np.nan
-    return out, ok
+def binned_statistics(summary: dict[str, np.ndarray], ranges: np.ndarray) -> dict[str, np.ndarray]:
+    """From ``fine_summary`` (on the host) over ``ranges[row] = [low, high]``, per row: ``count``;
+    ``histogram``, with the values below and above the range in the first and the last bin;
+    ``beyond``, the values beyond the threshold near either bound; ``percentiles`` (NaN for an
+    empty row), within one fine bin of the exact value, or of the gap between the two values
+    around it where that is wider (a small sample); and whether to ``trust`` them: a fine bin is
+    at most ``BINNED_ERROR`` of the spread between the lowest and the highest percentile, and
+    none lies below or above the range."""
+    below, low_edge, high_edge, inside, count = summary["ends"].T
+    histogram = summary["histogram"].copy()
+    histogram[:, 0] += below
+    histogram[:, -1] += count - inside
+    fine_bins = histogram.shape[1] * FINE
+    position = summary["position"]
+    width = (ranges[:, 1] - ranges[:, 0]) / fine_bins
+    percentiles = ranges[:, :1] + width[:, None] * position
+    percentiles[count == 0] = np.nan
+    spread = percentiles[:, -1] - percentiles[:, 0] if position.shape[1] > 1 else np.full(len(count), np.inf)
+    trusted = (width <= BINNED_ERROR * spread) & (position >= 0).all(1) & (position <= fine_bins).all(1)
+    return {
+        "count": count,
+        "histogram": histogram,
+        "beyond": low_edge + count - high_edge,
+        "percentiles": percentiles,
+        "trusted": trusted,
+    }
 
 
 def fixed_range(low: float, high: float) -> tuple[float, float] | None:

@@ -58,19 +58,9 @@ def to_host(parts: dict[str, Tensor]) -> dict[str, np.ndarray]:
 
 def on_device(x: Tensor, ranges: Tensor, bins: int, q: Sequence[float], threshold: float, weights: Tensor | None):
     """The two passes over ``x`` that every row needs, its sums and its fine histogram, reduced to
-    small tensors."""
+    a few numbers per row."""
     fine = math_.fine_histogram(x, ranges, bins * math_.FINE, weights)
     return {"moments": math_.moments(x), **math_.fine_summary(fine, q, threshold)}
-
-
-def on_host(host: dict[str, np.ndarray], ranges: np.ndarray) -> None:
-    """What the fine summary gives, added to ``host``: count, percentiles, whether to trust them,
-    the displayed histogram and the saturated share."""
-    host["count"] = host["coarse"].sum(1)  # the values, padding left out
-    host["percentiles"], host["trusted"] = math_.binned_percentiles(host, ranges)
-    host["histogram"] = math_.displayed_histogram(host["coarse"])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        host["saturated"] = host["beyond"] / host["count"]
 
 
 @torch.no_grad()
@@ -93,17 +83,17 @@ def summarize(
     if ranges is None:
         ranges = torch.tensor(bounds, dtype=torch.float32, device=x.device)
     host = to_host({**on_device(x, ranges, bins, q, threshold, weights), **(extras or {})})  # the one copy
-    on_host(host, bounds)
+    host.update(math_.binned_statistics(host, bounds))
     nonfinite = np.zeros(len(x))
     for row in np.flatnonzero(~np.isfinite(host["moments"][:, 0])):  # a second copy, on such steps only
         values = x[row] if weights is None else x[row][weights[row] > 0]
         finite, nonfinite[row] = math_.finite_values(values)
         again = to_host(on_device(finite[None], ranges[row : row + 1], bins, q, threshold, None))
-        on_host(again, bounds[row : row + 1])
+        again.update(math_.binned_statistics(again, bounds[row : row + 1]))
         if not again["trusted"][0] and len(finite):
             again["percentiles"] = math_.exact_percentiles(finite[None], q).double().cpu().numpy()
             again["trusted"][0] = True
-        for key in ("moments", "count", "percentiles", "trusted", "histogram", "saturated"):
+        for key in ("moments", "count", "percentiles", "trusted", "histogram", "beyond"):
             host[key][row] = again[key][0]
     untrusted = np.flatnonzero(~host["trusted"] & (host["count"] > 0))
     if len(untrusted):  # bins too coarse for the row's spread: sort it (a second copy)
@@ -115,6 +105,7 @@ def summarize(
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = sums / count
         std = np.sqrt(np.maximum(sum_squares / count - mean**2, 0))
+        saturated = host["beyond"] / count
     return SampleStatistics(
         count=count,
         nonfinite=nonfinite,
@@ -124,6 +115,6 @@ def summarize(
         sum_squares=sum_squares,
         percentiles=host["percentiles"],
         histogram=host["histogram"],
-        saturated=host["saturated"],
+        saturated=saturated,
         extras={key: host[key] for key in extras or {}},
     )

@@ -82,6 +82,12 @@ class TrainingDiagnostics(L.Callback):
         self._seconds: dict[int, float] = {}  # time in the hooks per logging step, until written
         self._implementing: dict[str, list[L.Callback]] = {}
         self._batch_step, self._batch_logs = 0, True  # the step of the batch under way, and whether it logs
+        self._quiet = False  # the batch under way neither logs nor finishes a logging step
+        self._unfinished = True  # a part is busy finishing a logging step, or its time is not yet written
+        self._measuring = (self.activations, self.parameters, self.divergence)
+        self._every_step = {  # the parts with work on every step, by hook
+            hook: [part for part in self._measuring if hook in part.every_step] for hook in BATCH_HOOKS
+        }
 
     @property
     def summary(self):
@@ -92,7 +98,7 @@ class TrainingDiagnostics(L.Callback):
         return self.run_summary.hparam_metrics
 
     def is_logging_step(self, step: int) -> bool:
-        return self.activations.is_logging_step(step)
+        return self.activations.cadence.is_logging_step(step)
 
     def _parts_with(self, hook: str) -> list[L.Callback]:
         """The parts that implement ``hook`` (Lightning's no-op is left out: most hooks of most
@@ -102,16 +108,22 @@ class TrainingDiagnostics(L.Callback):
             self._implementing[hook] = [part for part in self.parts if getattr(type(part), hook) is not base]
         return self._implementing[hook]
 
+    def _batch(self, hook: str, trainer: L.Trainer, *args: Any) -> None:
+        """A per-batch hook. Most batches neither log nor finish a logging step: on such a quiet
+        batch only the parts' work of every step runs (the divergence monitor's loss history)."""
+        if not self._quiet:
+            self._call(hook, trainer, *args)
+            return
+        for part in self._every_step[hook]:
+            getattr(part, hook)(trainer, *args)
+
     def _call(self, hook: str, trainer: L.Trainer, *args: Any) -> None:
-        if hook == "on_train_batch_start":
-            self._batch_step = trainer.global_step  # it moves on with the optimizer step, before the batch ends
-            self._batch_logs = self.is_logging_step(self._batch_step)
         if hook not in BATCH_HOOKS:
             for part in self._parts_with(hook):
                 if part is self.run_summary and hook == "on_train_end":
                     self._send(trainer)  # the last steps before the summary's: TensorBoard wants steps in order
                 getattr(part, hook)(trainer, *args)
-        elif not self._batch_logs:  # most steps: only what has to happen at every step
+        elif not self._batch_logs:  # a part finishing a logging step, or one with work on every step
             for part in self._parts_with(hook):
                 if hook in part.every_step or part.busy():
                     getattr(part, hook)(trainer, *args)
@@ -155,16 +167,21 @@ class TrainingDiagnostics(L.Callback):
 
     # each hook: every part's, in order
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        self._call("on_train_batch_start", trainer, pl_module, batch, batch_idx)
+        self._batch_step = trainer.global_step  # it moves on with the optimizer step, before the batch ends
+        self._batch_logs = self.is_logging_step(self._batch_step)
+        self._quiet = not self._batch_logs and not self._unfinished
+        self._batch("on_train_batch_start", trainer, pl_module, batch, batch_idx)
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss) -> None:
-        self._call("on_before_backward", trainer, pl_module, loss)
+        self._batch("on_before_backward", trainer, pl_module, loss)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        self._call("on_before_optimizer_step", trainer, pl_module, optimizer)
+        self._batch("on_before_optimizer_step", trainer, pl_module, optimizer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        self._call("on_train_batch_end", trainer, pl_module, outputs, batch, batch_idx)
+        self._batch("on_train_batch_end", trainer, pl_module, outputs, batch, batch_idx)
+        if not self._quiet:
+            self._unfinished = bool(self._seconds) or any(part.busy() for part in self._measuring)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._call("on_validation_start", trainer, pl_module)
