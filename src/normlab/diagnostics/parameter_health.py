@@ -16,12 +16,12 @@ from normlab.diagnostics.parameters import (
     PER_LAYER,
     Layer,
     copies,
-    differences,
     gradient_and_weight_norms,
     layer_values,
     membership,
     nonfinite_counts,
     parameter_layers,
+    subtract_from,
     tensor_norms,
 )
 from normlab.diagnostics.summary import RunSummary
@@ -109,7 +109,7 @@ class ParameterHealth(DiagnosticsCallback):
         if pending is None or trainer.global_step <= pending.step:  # the optimizer has not stepped yet
             return
         self._pending = None
-        update = tensor_norms(differences(self._params, pending.before))
+        update = tensor_norms(subtract_from(pending.before, self._params))  # the update's norm, sign aside
         host = torch.cat([pending.norms, update]).cpu().numpy()  # the one copy of this step
         grad, rest = np.split(host, [len(pending.present)])
         weight, update = np.split(rest, 2)
@@ -144,8 +144,7 @@ class ParameterHealth(DiagnosticsCallback):
     def _warn_on_large_updates(self, step: int, ratios: np.ndarray) -> None:
         if self._warned or not self.warn_update_ratio or not len(ratios):
             return
-        with np.errstate(invalid="ignore"):
-            worst = int(np.nanargmax(np.where(np.isfinite(ratios), ratios, -1.0)))
+        worst = int(np.where(np.isfinite(ratios), ratios, -1.0).argmax())  # NaN: a layer whose weights are all zero
         if ratios[worst] > self.warn_update_ratio:
             self._warned = True
             rank_zero_warn(

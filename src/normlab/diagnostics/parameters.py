@@ -91,9 +91,11 @@ def copies(tensors: Sequence[Tensor]) -> list[Tensor]:
 
 
 @torch.no_grad()
-def differences(after: Sequence[Tensor], before: Sequence[Tensor]) -> list[Tensor]:
-    """``after - before`` for each pair of tensors, in one call."""
-    return torch._foreach_sub(list(after), list(before))
+def subtract_from(before: list[Tensor], after: Sequence[Tensor]) -> list[Tensor]:
+    """``before - after`` for each pair of tensors, in one call, written over ``before`` (a copy
+    that is no longer needed: no new memory the size of the model)."""
+    torch._foreach_sub_(before, list(after))
+    return before
 
 
 def nonfinite_counts(tensors: Sequence[Tensor]) -> list[int]:

@@ -53,8 +53,8 @@ class Sampler:
 
     def __call__(self, values: Tensor) -> Tensor:
         flat = values.reshape(-1)
-        if flat.numel() <= self.size:
-            return flat.to(torch.float32, copy=True)  # a copy: the module's next user may change it in place
+        if flat.numel() <= self.size:  # a copy: the module's next user may change it in place
+            return flat.clone() if flat.dtype == torch.float32 else flat.float()
         key = (flat.numel(), flat.device)
         if key not in self._positions:
             generator = torch.Generator().manual_seed(SAMPLE_SEED)

@@ -48,7 +48,7 @@ def gather_ranks(strategy: Any, x: Tensor, weights: Tensor | None, width: int) -
 
 def to_host(parts: dict[str, Tensor]) -> dict[str, np.ndarray]:
     """Device tensors brought to the host in one copy, each in its shape, as float64."""
-    flat = torch.cat([t.reshape(-1) for t in parts.values()]).to(torch.float64).cpu().numpy()
+    flat = torch.cat([t if t.dim() == 1 else t.reshape(-1) for t in parts.values()]).to(torch.float64).cpu().numpy()
     out, offset = {}, 0
     for key, tensor in parts.items():
         out[key] = flat[offset : offset + tensor.numel()].reshape(tensor.shape)
