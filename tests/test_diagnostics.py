@@ -259,8 +259,8 @@ def test_warn_records_the_divergence_and_trains_on(tmp_path: Path) -> None:
 
 # ----------------------------------------------------------------------------- configuration
 def test_steps_that_do_not_log_call_only_the_loss_history(tmp_path: Path) -> None:
-    """On a step that does not log, the bundle calls a part's per-batch hook only when the part
-    needs it every step (the divergence monitor's loss history) or is busy with a logging step."""
+    """On a step that does not log, the bundle calls only the parts' work of every batch (the
+    divergence monitor's loss history); on a logging step, every part's hooks."""
     diagnostics = TrainingDiagnostics(log_every_n_steps=4, dense_until_step=0)
     calls: dict[int, set[str]] = {}
 
@@ -280,14 +280,16 @@ def test_steps_that_do_not_log_call_only_the_loss_history(tmp_path: Path) -> Non
         return call
 
     for part in (diagnostics.activations, diagnostics.parameters, diagnostics.divergence):
-        for hook in ("on_train_batch_start", "on_before_backward", "on_before_optimizer_step", "on_train_batch_end"):
+        hooks = ("on_train_batch_start", "on_before_backward", "on_before_optimizer_step", "on_train_batch_end")
+        for hook in (*hooks, "on_every_backward"):
             if hook in type(part).__dict__:
                 setattr(part, hook, counted(part, hook))
     fit(tmp_path, PlainNet(), 9, BatchStep(), diagnostics)
-    assert calls[1] == calls[2] == calls[3] == calls[5] == {"DivergenceMonitor.on_before_backward"}
+    assert calls[1] == calls[2] == calls[3] == calls[5] == {"DivergenceMonitor.on_every_backward"}
     assert calls[0] == calls[4] == calls[8]  # logging steps: every part's hooks
     assert {"ParameterHealth.on_train_batch_end", "ActivationStatistics.on_train_batch_start"} <= calls[4]
-    assert len(calls[4]) == 9  # ActivationStatistics 3, ParameterHealth 2, DivergenceMonitor 4
+    assert "DivergenceMonitor.on_every_backward" in calls[4]  # from its own on_before_backward
+    assert len(calls[4]) == 10  # ActivationStatistics 3, ParameterHealth 2, DivergenceMonitor 5
 
 
 def test_bad_arguments_fail_at_once_naming_the_value() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import lightning as L
+from torch import Tensor
 
 from normlab.diagnostics.cadence import Cadence
 from normlab.diagnostics.output import Outputs
@@ -14,11 +15,10 @@ class DiagnosticsCallback(L.Callback):
     ``writes_layout`` is switched off by ``TrainingDiagnostics``, which writes one TensorBoard
     Custom Scalars layout for all its parts (TensorBoard shows only the last layout of a run).
 
-    On a step that does not log, ``TrainingDiagnostics`` calls a part's per-batch hooks only when
-    they are in its ``every_step`` or the part is ``busy()``: most steps then cost a few checks.
+    On a batch that does not log, ``TrainingDiagnostics`` calls a part's per-batch hooks only while
+    the part is ``busy()`` finishing a logging step; otherwise it calls only ``on_every_backward``,
+    the work a part has on every batch (the divergence monitor's loss history).
     """
-
-    every_step: tuple[str, ...] = ()  # per-batch hooks with work on every step
 
     def __init__(self, log_every_n_steps: int, dense_every_n_steps: int, dense_until_step: int) -> None:
         self.cadence = Cadence(log_every_n_steps, dense_every_n_steps, dense_until_step)
@@ -36,6 +36,10 @@ class DiagnosticsCallback(L.Callback):
 
     def is_logging_step(self, step: int) -> bool:
         return self.cadence.is_logging_step(step)
+
+    def on_every_backward(self, loss: Tensor, step: int) -> None:
+        """Work of every batch, logging or not: ``loss`` before its backward pass, at optimizer step
+        ``step``. A part that has such work calls it from its own ``on_before_backward`` too."""
 
     def busy(self) -> bool:
         """Whether a logging step's measurement is still under way (it finishes in a later hook)."""

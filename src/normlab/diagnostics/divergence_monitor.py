@@ -48,8 +48,6 @@ class DivergenceMonitor(DiagnosticsCallback):
             among the Trainer's callbacks, if any.
     """
 
-    every_step = ("on_before_backward",)  # the loss history
-
     def __init__(
         self,
         log_every_n_steps: int = 50,
@@ -98,10 +96,13 @@ class DivergenceMonitor(DiagnosticsCallback):
         # while the loader makes the next
         self._batch = batch if self.is_logging_step(trainer.global_step) else None
 
-    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
-        step = trainer.global_step
+    def on_every_backward(self, loss: Tensor, step: int) -> None:
         self._losses.append(loss.detach())  # kept on the device: no read, no copy
         self._steps.append(step)
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss: Tensor) -> None:
+        step = trainer.global_step
+        self.on_every_backward(loss, step)
         if self.is_logging_step(step) and (self._evidence is None or self._evidence["step"] != step):
             # a logging step: the evidence of its origin, on the device until the step ends
             scaler = self._scaler(trainer)

@@ -9,6 +9,7 @@ from typing import Any
 import lightning as L
 
 from normlab.diagnostics.activations import ActivationStatistics
+from normlab.diagnostics.base import DiagnosticsCallback
 from normlab.diagnostics.divergence_monitor import DivergenceMonitor
 from normlab.diagnostics.output import Outputs
 from normlab.diagnostics.parameter_health import ParameterHealth
@@ -85,9 +86,8 @@ class TrainingDiagnostics(L.Callback):
         self._quiet = False  # the batch under way neither logs nor finishes a logging step
         self._unfinished = True  # a part is busy finishing a logging step, or its time is not yet written
         self._measuring = (self.activations, self.parameters, self.divergence)
-        self._every_step = {  # the parts with work on every step, by hook
-            hook: [part for part in self._measuring if hook in part.every_step] for hook in BATCH_HOOKS
-        }
+        base = DiagnosticsCallback.on_every_backward
+        self._every_backward = [part for part in self._measuring if type(part).on_every_backward is not base]
 
     @property
     def summary(self):
@@ -108,25 +108,18 @@ class TrainingDiagnostics(L.Callback):
             self._implementing[hook] = [part for part in self.parts if getattr(type(part), hook) is not base]
         return self._implementing[hook]
 
-    def _batch(self, hook: str, trainer: L.Trainer, *args: Any) -> None:
-        """A per-batch hook. Most batches neither log nor finish a logging step: on such a quiet
-        batch only the parts' work of every step runs (the divergence monitor's loss history)."""
-        if not self._quiet:
-            self._call(hook, trainer, *args)
-            return
-        for part in self._every_step[hook]:
-            getattr(part, hook)(trainer, *args)
-
     def _call(self, hook: str, trainer: L.Trainer, *args: Any) -> None:
         if hook not in BATCH_HOOKS:
             for part in self._parts_with(hook):
                 if part is self.run_summary and hook == "on_train_end":
                     self._send(trainer)  # the last steps before the summary's: TensorBoard wants steps in order
                 getattr(part, hook)(trainer, *args)
-        elif not self._batch_logs:  # a part finishing a logging step, or one with work on every step
+        elif not self._batch_logs:  # the parts finishing a logging step; the others' work of every batch
             for part in self._parts_with(hook):
-                if hook in part.every_step or part.busy():
+                if part.busy():
                     getattr(part, hook)(trainer, *args)
+                elif hook == "on_before_backward":
+                    part.on_every_backward(args[1], self._batch_step)
         else:
             start = time.perf_counter()
             for part in self._parts_with(hook):
@@ -165,22 +158,29 @@ class TrainingDiagnostics(L.Callback):
         self.run_summary.load_state_dict(state_dict)
         self.activations.load_state_dict(state_dict)
 
-    # each hook: every part's, in order
+    # each hook: every part's, in order. Most batches neither log nor finish a logging step: on
+    # such a quiet batch only the parts' work of every batch runs (the loss history), unchecked.
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         self._batch_step = trainer.global_step  # it moves on with the optimizer step, before the batch ends
         self._batch_logs = self.is_logging_step(self._batch_step)
         self._quiet = not self._batch_logs and not self._unfinished
-        self._batch("on_train_batch_start", trainer, pl_module, batch, batch_idx)
+        if not self._quiet:
+            self._call("on_train_batch_start", trainer, pl_module, batch, batch_idx)
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule, loss) -> None:
-        self._batch("on_before_backward", trainer, pl_module, loss)
+        if not self._quiet:
+            self._call("on_before_backward", trainer, pl_module, loss)
+            return
+        for part in self._every_backward:
+            part.on_every_backward(loss, self._batch_step)
 
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
-        self._batch("on_before_optimizer_step", trainer, pl_module, optimizer)
+        if not self._quiet:
+            self._call("on_before_optimizer_step", trainer, pl_module, optimizer)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
-        self._batch("on_train_batch_end", trainer, pl_module, outputs, batch, batch_idx)
         if not self._quiet:
+            self._call("on_train_batch_end", trainer, pl_module, outputs, batch, batch_idx)
             self._unfinished = bool(self._seconds) or any(part.busy() for part in self._measuring)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
