@@ -235,8 +235,9 @@ def test_written_steps_read_back_with_either_checksums(tmp_path, monkeypatch, fa
     logger = TensorBoardLogger(tmp_path, name="", version="")
     outputs = Outputs(SimpleNamespace(loggers=[logger]))
     steps = [0, 127, 128, 20_000]
+    narrow, wide = np.linspace(0, 1, 5), np.linspace(0, 2, 5)  # edges: the same array, then another
     for n, step in enumerate(steps):  # the same tags at every step: the later ones set values in place
-        hist = Histogram(np.linspace(0, 1, 5), np.array([1.0, 1, 2, n]), 4 + n, 2.0, 1.5)
+        hist = Histogram(narrow if n < 2 else wide, np.array([1.0, 1, 2, n]), 4 + n, 2.0, 1.5)
         outputs.write(step, {"a": float(step), "b": 2.0 * step}, {"h": hist})
     outputs.write(30_000, {"b": 1.0, "c": 2.0})  # other tags
     outputs.flush()
@@ -247,7 +248,8 @@ def test_written_steps_read_back_with_either_checksums(tmp_path, monkeypatch, fa
     histograms = [e.histogram_value for e in events.Histograms("h")]
     assert [list(h.bucket) for h in histograms] == [[1, 1, 2, n] for n in range(4)]
     assert [h.num for h in histograms] == [4, 5, 6, 7]
-    assert list(histograms[-1].bucket_limit) == [0.25, 0.5, 0.75, 1.0]
+    assert [list(h.bucket_limit) for h in histograms] == [[0.25, 0.5, 0.75, 1.0]] * 2 + [[0.5, 1.0, 1.5, 2.0]] * 2
+    assert [h.max for h in histograms] == [1.0, 1.0, 2.0, 2.0]
 
 
 def test_a_logger_without_histograms_gets_the_scalars_and_one_warning(tmp_path) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 FINE = 64  # fine bins per displayed bin
@@ -31,9 +32,8 @@ BINNED_ERROR = 0.005
 
 def stack_samples(samples: Sequence[Tensor]) -> Tensor:
     """The samples as rows of one float32 matrix, each padded to the longest with zeros."""
-    if all(s.numel() == samples[0].numel() for s in samples):
-        return torch.stack(list(samples))
-    return torch.nn.utils.rnn.pad_sequence(list(samples), batch_first=True)
+    longest = max(s.numel() for s in samples)
+    return torch.stack([s if s.numel() == longest else F.pad(s, (0, longest - s.numel())) for s in samples])
 
 
 def padding_weights(lengths: Sequence[int], device: torch.device) -> Tensor | None:

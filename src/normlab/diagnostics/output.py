@@ -30,7 +30,9 @@ except ImportError:  # TensorBoard's pure-Python checksums stay
 
 @dataclass
 class Histogram:
-    """A histogram over fixed bins: ``counts[i]`` values in ``[edges[i], edges[i + 1])``."""
+    """A histogram over fixed bins: ``counts[i]`` values in ``[edges[i], edges[i + 1])``. An
+    ``edges`` array is not changed once written: ``Outputs`` writes the edges of a tag again only
+    when they are another array."""
 
     edges: np.ndarray
     counts: np.ndarray
@@ -44,11 +46,13 @@ class Histogram:
         self.fill(proto)
         return proto
 
-    def fill(self, proto: HistogramProto) -> None:
-        """Set ``proto``'s fields to this histogram's."""
-        proto.min, proto.max = float(self.edges[0]), float(self.edges[-1])
+    def fill(self, proto: HistogramProto, edges: bool = True) -> None:
+        """Set ``proto``'s fields to this histogram's (``edges=False``: but for its edges, which
+        ``proto`` already has)."""
+        if edges:
+            proto.min, proto.max = float(self.edges[0]), float(self.edges[-1])
+            proto.bucket_limit[:] = self.edges[1:].tolist()
         proto.num, proto.sum, proto.sum_squares = float(self.num), float(self.sum), float(self.sum_squares)
-        proto.bucket_limit[:] = self.edges[1:].tolist()
         proto.bucket[:] = self.counts.tolist()
 
 
@@ -70,6 +74,7 @@ class Outputs:
         self.gathering = False  # hold the numbers of each step until ``send``: one event per step
         self._held: dict[int, tuple[dict, dict]] = {}
         self._summaries: dict[tuple, Summary] = {}  # by the tags of a step, in order
+        self._edges: dict[tuple, list[np.ndarray]] = {}  # the histograms' edges each summary holds
 
     def write(self, step: int, scalars: dict[str, float], histograms: dict[str, Histogram] | None = None) -> None:
         histograms = histograms or {}
@@ -109,15 +114,18 @@ class Outputs:
         if summary is None:
             if len(self._summaries) >= 16:  # tags that keep changing: no reuse
                 self._summaries.clear()
+                self._edges.clear()
             values = [Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
             values += [Summary.Value(tag=k, histo=h.proto()) for k, h in histograms.items()]
+            self._edges[tags] = [h.edges for h in histograms.values()]
             summary = self._summaries[tags] = Summary(value=values)
             return summary
-        values = summary.value
+        values, edges = summary.value, self._edges[tags]
         for value, number in zip(values, scalars.values(), strict=False):
             value.simple_value = number
-        for value, histogram in zip(values[len(scalars) :], histograms.values(), strict=True):
-            histogram.fill(value.histo)
+        for n, (value, histogram) in enumerate(zip(values[len(scalars) :], histograms.values(), strict=True)):
+            histogram.fill(value.histo, edges=histogram.edges is not edges[n])  # the same array: the same edges
+            edges[n] = histogram.edges
         return summary
 
     def flush(self) -> None:
