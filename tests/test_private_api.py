@@ -19,7 +19,7 @@ ALLOWED = {
     ("tasks.py", "cfg.task._target_"): "a Hydra config key, not an attribute",
     ("diagnostics/parameters.py", "torch._foreach_norm"): "torch's fused multi-tensor ops, no public twin",
     ("diagnostics/parameters.py", "torch._foreach_mul"): "torch's fused multi-tensor ops, no public twin",
-    ("diagnostics/parameters.py", "torch._foreach_sub"): "torch's fused multi-tensor ops, no public twin",
+    ("diagnostics/parameters.py", "torch._foreach_sub_"): "torch's fused multi-tensor ops, no public twin",
 }
 
 
