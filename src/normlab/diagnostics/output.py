@@ -73,8 +73,8 @@ class Outputs:
         )
         self.gathering = False  # hold the numbers of each step until ``send``: one event per step
         self._held: dict[int, tuple[dict, dict]] = {}
-        self._summaries: dict[tuple, Summary] = {}  # by the tags of a step, in order
-        self._edges: dict[tuple, list[np.ndarray]] = {}  # the histograms' edges each summary holds
+        # by the tags of a step, in order: its Summary, and the edges arrays its histograms hold
+        self._summaries: dict[tuple, tuple[Summary, list[np.ndarray]]] = {}
 
     def write(self, step: int, scalars: dict[str, float], histograms: dict[str, Histogram] | None = None) -> None:
         histograms = histograms or {}
@@ -110,17 +110,16 @@ class Outputs:
     def _summary(self, scalars: dict[str, float], histograms: dict[str, Histogram]) -> Summary:
         """A ``Summary`` of these values: the one made for the same tags before, its values set."""
         tags = (*scalars, *histograms)
-        summary = self._summaries.get(tags)
-        if summary is None:
+        if tags not in self._summaries:
             if len(self._summaries) >= 16:  # tags that keep changing: no reuse
                 self._summaries.clear()
-                self._edges.clear()
             values = [Summary.Value(tag=k, simple_value=v) for k, v in scalars.items()]
             values += [Summary.Value(tag=k, histo=h.proto()) for k, h in histograms.items()]
-            self._edges[tags] = [h.edges for h in histograms.values()]
-            summary = self._summaries[tags] = Summary(value=values)
+            summary = Summary(value=values)
+            self._summaries[tags] = summary, [h.edges for h in histograms.values()]
             return summary
-        values, edges = summary.value, self._edges[tags]
+        summary, edges = self._summaries[tags]
+        values = summary.value
         for value, number in zip(values, scalars.values(), strict=False):
             value.simple_value = number
         for n, (value, histogram) in enumerate(zip(values[len(scalars) :], histograms.values(), strict=True)):
