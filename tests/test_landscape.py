@@ -86,12 +86,13 @@ def fit(
     steps: int = 4,
     module: L.LightningModule | None = None,
     ckpt_path: Path | None = None,
+    logger: Recorder | None = None,
 ):
     torch.manual_seed(0)
     np.random.seed(0)
     random.seed(0)
     module = module or Tiny()
-    logger = Recorder()
+    logger = logger or Recorder()
     trainer = L.Trainer(
         max_steps=steps,
         accelerator="cpu",
@@ -255,9 +256,35 @@ def test_history_survives_a_resume(tmp_path: Path) -> None:
     assert [s for s, _ in history] == [0, 2, 4]
 
 
-def test_summary_defaults_to_the_trainer_log_dir(tmp_path: Path) -> None:
+def test_summary_defaults_to_the_run_directory(tmp_path: Path) -> None:
     fit(tmp_path, LandscapeProbes(sharpness=10), steps=1)  # Recorder has no directory: default_root_dir
     assert "sharpness" in json.loads((tmp_path / "summary.json").read_text())["landscape"]["final"]
+
+
+class SharedStore(Recorder):
+    """A logger whose files live in a folder that many runs share, as MLflow's and W&B's do."""
+
+    def __init__(self, save_dir: Path) -> None:
+        super().__init__()
+        self._save_dir = str(save_dir)
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+
+def test_summary_stays_out_of_a_loggers_shared_folder(tmp_path: Path) -> None:
+    shared = tmp_path / "store"
+    for run in ("a", "b"):
+        fit(
+            tmp_path / run,
+            LandscapeProbes(sharpness=10 if run == "a" else 0, ics=10),
+            steps=1,
+            logger=SharedStore(shared),
+        )
+    assert not (shared / "summary.json").exists()
+    assert "sharpness" in json.loads((tmp_path / "a" / "summary.json").read_text())["landscape"]["final"]
+    assert "sharpness" not in json.loads((tmp_path / "b" / "summary.json").read_text())["landscape"]["final"]
 
 
 def test_a_given_loss_fn_measures_the_same_landscape(tmp_path: Path) -> None:

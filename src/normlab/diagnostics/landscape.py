@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,8 @@ from torch import Tensor
 from normlab.diagnostics.geometry import covariate_shift, gradient, walk_along
 from normlab.diagnostics.hessian import hessian_operator, top_eigenvalue
 from normlab.diagnostics.layers import layer_indices, trainable_parameters
-from normlab.diagnostics.sandbox import LossFn, sandboxed, training_step_loss
+from normlab.diagnostics.run_summary import run_directory
+from normlab.diagnostics.sandbox import LossFn, batch_loss
 from normlab.diagnostics.selection import display_names
 from normlab.diagnostics.stability import Stability, stability
 from normlab.diagnostics.summary import merge_json
@@ -69,7 +69,8 @@ class LandscapeProbes(L.Callback):
             normalization layer, in registration order, which must be the forward order.
         loss_fn: ``loss_fn(module, batch) -> loss``; default: the loss ``training_step`` returns
             (or its ``loss`` entry), evaluated with ``self.log`` muted.
-        summary_path: JSON file for the final values; default ``summary.json`` in ``trainer.log_dir``.
+        summary_path: JSON file for the final values; default ``summary.json`` in the run's own
+            directory (``run_summary.run_directory``), whatever the logger.
 
     Raises:
         ValueError: a cadence below 0, no or non-positive ``step_multiples``, ``power_iterations``
@@ -148,8 +149,7 @@ class LandscapeProbes(L.Callback):
             )
         if self.ics_layers is not None:
             layer_indices(pl_module, self.ics_layers)  # fails now on a misspelt name
-        log_dir = trainer.log_dir or trainer.default_root_dir  # log_dir is called on every rank
-        self._summary = Path(self.summary_path) if self.summary_path else Path(log_dir) / "summary.json"
+        self._summary = Path(self.summary_path or run_directory(trainer) / "summary.json")
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
@@ -293,19 +293,9 @@ class LandscapeProbes(L.Callback):
         out["time_ms/ics"] = 1000 * (time.perf_counter() - start)
         return out
 
-    @contextmanager
-    def _batch_loss(self, trainer: L.Trainer, pl_module: L.LightningModule) -> Iterator[Callable[[], Tensor]]:
-        """A closure for the loss of the current batch, inside the sandbox and the training precision."""
+    def _batch_loss(self, trainer: L.Trainer, pl_module: L.LightningModule):
         batch, batch_idx = self._batch
-        with torch.enable_grad(), trainer.precision_plugin.train_step_context(), sandboxed(pl_module) as rewind:
-
-            def loss() -> Tensor:
-                rewind()  # same dropout masks at every evaluation
-                if self.loss_fn is not None:
-                    return self.loss_fn(pl_module, batch)
-                return training_step_loss(pl_module, batch, batch_idx)
-
-            yield loss
+        return batch_loss(trainer, pl_module, batch, batch_idx, self.loss_fn)
 
     # ------------------------------------------------------------------------- output
     def _publish(self, trainer: L.Trainer, step: int, metrics: dict[str, float]) -> None:

@@ -46,6 +46,24 @@ def training_step_loss(module: L.LightningModule, batch: Any, batch_idx: int) ->
     return loss
 
 
+@contextmanager
+def batch_loss(
+    trainer: L.Trainer, module: L.LightningModule, batch: Any, batch_idx: int, loss_fn: LossFn | None = None
+) -> Iterator[Callable[[], Tensor]]:
+    """A closure for the loss of ``batch`` (``loss_fn``'s, else ``training_step``'s), with gradients
+    on, in the trainer's precision and inside ``sandboxed``; each call starts from the same random
+    state, so that every evaluation draws the same dropout masks."""
+    with torch.enable_grad(), trainer.precision_plugin.train_step_context(), sandboxed(module) as rewind:
+
+        def loss() -> Tensor:
+            rewind()
+            if loss_fn is not None:
+                return loss_fn(module, batch)
+            return training_step_loss(module, batch, batch_idx)
+
+        yield loss
+
+
 @dataclass
 class RandomState:
     """The states of every random generator a training step may draw from."""
