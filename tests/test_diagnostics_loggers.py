@@ -39,12 +39,12 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16)
 
 
-def fit(root: Path, logger, steps: int = 6, **diagnostics) -> TrainingDiagnostics:
+def fit(root: Path, logger, steps: int = 6, extra: list[L.Callback] = (), **diagnostics) -> TrainingDiagnostics:
     callback = TrainingDiagnostics(log_every_n_steps=2, dense_until_step=0, **diagnostics)
     trainer = L.Trainer(
         max_steps=steps,
         logger=logger,
-        callbacks=[callback],
+        callbacks=[callback, *extra],
         default_root_dir=root,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -63,6 +63,29 @@ def test_tensorboard_gets_scalars_and_histograms_and_the_summary_lands_in_the_ve
     assert [e.step for e in acc.Scalars("grad_norm/global")] == [0, 2, 4]
     assert {"act/0", "act/1", "act/2"} <= set(acc.Tags()["histograms"])
     assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+
+
+class FinalizeAt(L.Callback):
+    """Finalizes the loggers mid-run, as Lightning's SLURM handler does on the time-limit signal."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            for logger in trainer.loggers:
+                logger.finalize("finished")
+
+
+def test_tensorboard_writing_goes_on_after_the_logger_is_finalized_mid_run(tmp_path) -> None:
+    fit(tmp_path, TensorBoardLogger(tmp_path, name="tb"), steps=10, extra=[FinalizeAt(3)])
+    run = tmp_path / "tb" / "version_0"
+    assert len(list(run.glob("events.out.tfevents.*"))) == 2  # a new event file after the close
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("grad_norm/global")] == [0, 2, 4, 6, 8]
+    assert [e.step for e in acc.Histograms("act/0")] == [0, 2, 4, 6, 8]
+    assert acc.Histograms("act/0")[-1].histogram_value.num == acc.Histograms("act/0")[0].histogram_value.num
 
 
 def test_csv_gets_the_scalars_and_one_warning_about_histograms(tmp_path) -> None:

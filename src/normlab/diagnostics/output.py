@@ -95,10 +95,12 @@ class Outputs:
         if histograms and self._warning:
             rank_zero_warn(self._warning)
             self._warning = None
-        if self.tensorboard:
-            summary = self._summary(scalars, histograms)
-            for logger in self.tensorboard:
-                logger.experiment.file_writer.add_summary(summary, step)  # copied into the event it writes
+        for logger in self.tensorboard:
+            writer = logger.experiment
+            if writer.file_writer is None:  # closed by logger.finalize mid-run, as Lightning's SLURM requeue does
+                _reopen_with(logger, step, scalars, histograms)
+            else:
+                writer.file_writer.add_summary(self._summary(scalars, histograms), step)  # copied into its event
         for logger in self.others:
             metrics: dict = dict(scalars)
             if _is_wandb(logger) and histograms:
@@ -135,6 +137,17 @@ class Outputs:
     def custom_scalars(self, layout: dict) -> None:
         for logger in self.tensorboard:
             logger.experiment.add_custom_scalars(layout)
+
+
+def _reopen_with(logger: TensorBoardLogger, step: int, scalars: dict, histograms: dict[str, Histogram]) -> None:
+    """Write one step through the writer's ``add_*`` calls, which open a new event file when it is
+    closed; later steps go through the faster ``add_summary`` again."""
+    writer = logger.experiment
+    for tag, value in scalars.items():
+        writer.add_scalar(tag, value, step)
+    for tag, h in histograms.items():
+        limits, counts = h.edges[1:].tolist(), h.counts.tolist()
+        writer.add_histogram_raw(tag, h.edges[0], h.edges[-1], h.num, h.sum, h.sum_squares, limits, counts, step)
 
 
 def use_fast_checksums() -> bool:
