@@ -32,8 +32,8 @@ def run_status(run_dir: Path) -> str | None:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest checkpoint of a run: ``checkpoints/*.ckpt`` or an ``hpc_ckpt_N.ckpt`` that Lightning
-    saved on SLURM's warning signal; ``last.ckpt`` wins a tie (same file-system second)."""
+    """The newest checkpoint of a run: ``checkpoints/*.ckpt`` or an ``hpc_ckpt_N.ckpt`` saved on
+    SLURM's warning signal (``normlab.slurm_requeue``); ``last.ckpt`` wins a tie (same file-system second)."""
     found = [*run_dir.glob("checkpoints/*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
     if not found:
         return None

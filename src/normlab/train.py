@@ -34,6 +34,7 @@ from normlab.entrypoints import (
 )
 from normlab.errors import ConfigError
 from normlab.runs import config_dir, find_checkpoint, keep_restart_point, register_resolvers
+from normlab.slurm_requeue import time_limit_handling
 from normlab.sweep_resume import latest_checkpoint
 from normlab.tasks import TaskRecord, build_task
 
@@ -67,12 +68,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
         print(f"normlab: resuming from {ckpt_path} (step {checkpoint.get('global_step', '?')})", flush=True)
     show_config(cfg, run_dir)
     logger = build_logger(cfg)
-    # default_root_dir: where Lightning saves and looks for the checkpoint of a SLURM requeue
+    slurm_plugins, slurm_callbacks = time_limit_handling()
+    # default_root_dir: where a SLURM requeue's checkpoint goes and where Lightning looks for it
     trainer: L.Trainer = instantiate(
         cfg.trainer,
         logger=logger,
-        callbacks=build_callbacks(cfg),
-        plugins=[AtomicCheckpointIO()],
+        callbacks=[*build_callbacks(cfg), *slurm_callbacks],
+        plugins=[AtomicCheckpointIO(), *slurm_plugins],
         default_root_dir=str(run_dir),
     )
     log_hparams(trainer, cfg)
