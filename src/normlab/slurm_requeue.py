@@ -49,16 +49,17 @@ class RequeueAtTimeLimit(L.Callback):
         self._previous: Any = None
         self._installed = False
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
-            self._previous = signal.signal(self.signum, self._note)
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # in every stage: a signal during testing is then noted and let go, where SIGUSR1's default
+        # action would end the process
+        if threading.current_thread() is threading.main_thread() and not self._installed:
+            self._previous = signal.signal(self.signum, self._note)  # only the main thread may set handlers
             self._installed = True
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore()
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._restore()
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._installed:
+            signal.signal(self.signum, self._previous)
+            self._installed = False
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
         due = self.signalled
@@ -79,11 +80,6 @@ class RequeueAtTimeLimit(L.Callback):
 
     def _note(self, signum: int, frame: Any) -> None:
         self.signalled = True  # nothing else: the main thread may be anywhere, holding any lock
-
-    def _restore(self) -> None:
-        if self._installed:
-            signal.signal(self.signum, self._previous)
-            self._installed = False
 
 
 def next_hpc_checkpoint(folder: Path) -> Path:
