@@ -294,6 +294,7 @@ class LandscapeProbes(L.Callback):
         return out
 
     def _batch_loss(self, trainer: L.Trainer, pl_module: L.LightningModule):
+        """``sandbox.batch_loss`` of the batch just trained on."""
         batch, batch_idx = self._batch
         return batch_loss(trainer, pl_module, batch, batch_idx, self.loss_fn)
 
