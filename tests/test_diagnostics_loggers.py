@@ -39,7 +39,7 @@ def loader() -> DataLoader:
     return DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16)
 
 
-def fit(root: Path, logger, steps: int = 6, extra: list[L.Callback] = (), **diagnostics) -> TrainingDiagnostics:
+def fit(root: Path, logger, steps: int = 6, extra: tuple[L.Callback, ...] = (), **diagnostics) -> TrainingDiagnostics:
     callback = TrainingDiagnostics(log_every_n_steps=2, dense_until_step=0, **diagnostics)
     trainer = L.Trainer(
         max_steps=steps,
@@ -78,7 +78,7 @@ class FinalizeAt(L.Callback):
 
 
 def test_tensorboard_writing_goes_on_after_the_logger_is_finalized_mid_run(tmp_path) -> None:
-    fit(tmp_path, TensorBoardLogger(tmp_path, name="tb"), steps=10, extra=[FinalizeAt(3)])
+    fit(tmp_path, TensorBoardLogger(tmp_path, name="tb"), steps=10, extra=(FinalizeAt(3),))
     run = tmp_path / "tb" / "version_0"
     assert len(list(run.glob("events.out.tfevents.*"))) == 2  # a new event file after the close
     acc = EventAccumulator(str(run), size_guidance={"scalars": 0, "histograms": 0})

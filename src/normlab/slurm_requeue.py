@@ -96,17 +96,16 @@ def slurm_job_id() -> str:
     return os.environ["SLURM_JOB_ID"]
 
 
-def requeue(job: str, timeout_s: float) -> bool:
+def requeue(job: str, timeout_s: float) -> None:
     """``scontrol requeue job``; a warning, not an error, when it fails: the checkpoint is saved,
     and starting the sweep again resumes from it."""
     try:
         done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=timeout_s)
     except (OSError, subprocess.TimeoutExpired) as error:
         rank_zero_warn(f"normlab: could not requeue SLURM job {job} ({error}); start the sweep again to resume it")
-        return False
+        return
     if done.returncode != 0:
         reason = done.stderr.strip() or f"exit status {done.returncode}"
         rank_zero_warn(f"normlab: scontrol requeue {job} failed ({reason}); start the sweep again to resume it")
-        return False
+        return
     rank_zero_info(f"normlab: requeued SLURM job {job}")
-    return True

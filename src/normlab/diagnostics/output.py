@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import numpy as np
@@ -98,7 +99,7 @@ class Outputs:
         for logger in self.tensorboard:
             writer = logger.experiment
             if writer.file_writer is None:  # closed by logger.finalize mid-run, as Lightning's SLURM requeue does
-                _reopen_with(logger, step, scalars, histograms)
+                _reopen_with(writer, step, scalars, histograms)
             else:
                 writer.file_writer.add_summary(self._summary(scalars, histograms), step)  # copied into its event
         for logger in self.others:
@@ -139,10 +140,9 @@ class Outputs:
             logger.experiment.add_custom_scalars(layout)
 
 
-def _reopen_with(logger: TensorBoardLogger, step: int, scalars: dict, histograms: dict[str, Histogram]) -> None:
-    """Write one step through the writer's ``add_*`` calls, which open a new event file when it is
-    closed; later steps go through the faster ``add_summary`` again."""
-    writer = logger.experiment
+def _reopen_with(writer: Any, step: int, scalars: dict, histograms: dict[str, Histogram]) -> None:
+    """Write one step through a ``SummaryWriter``'s ``add_*`` calls, which open a new event file
+    when it is closed; later steps go through the faster ``add_summary`` again."""
     for tag, value in scalars.items():
         writer.add_scalar(tag, value, step)
     for tag, h in histograms.items():
